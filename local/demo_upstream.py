@@ -1,0 +1,583 @@
+"""A small, fast, OpenAI-compatible FAKE upstream for the Berry gateway.
+
+Used three ways:
+
+* quick start / manual testing: ``python local/demo_upstream.py --port 9001``;
+* the gateway's tests: ``with DemoUpstream(Behaviour(mode="fail")) as up: ...`` runs an
+  in-process uvicorn server on an ephemeral loopback port (no subprocess), and N of them
+  stand in for N independent providers;
+* benchmarks: raw ASGI + orjson so that the fake is never the bottleneck.
+
+Its behaviour (latency, failures, broken responses) is a mutable ``Behaviour`` that tests
+change either directly (``up.behaviour.mode = "hang"``) or over HTTP
+(``POST /_demo/behaviour``), and ``GET /_demo/stats`` reports what the gateway forwarded.
+
+Abrupt-close modes ("close", "cut_stream") need to drop the TCP connection, which plain
+ASGI cannot express. Under uvicorn we close the connection's transport directly (FIN, no
+further bytes). Under another server the fallback is raising before/while responding,
+which the server turns into a 500 or a dropped connection as it sees fit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import dataclasses
+import random
+import socket
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+import uvicorn
+
+Scope = dict[str, Any]
+Message = dict[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+MODES = ("ok", "fail", "hang", "cut_stream", "invalid_json", "wrong_content_type", "close")
+CHAT_PATHS = ("/v1/chat/completions", "/chat/completions")
+MODELS_PATHS = ("/v1/models", "/models")
+
+# OpenAI-style (type, code) per status, so clients' error mapping sees realistic bodies.
+_ERROR_KINDS: dict[int, tuple[str, str | None]] = {
+    400: ("invalid_request_error", None),
+    401: ("invalid_request_error", "invalid_api_key"),
+    403: ("permission_error", None),
+    404: ("invalid_request_error", "model_not_found"),
+    429: ("requests", "rate_limit_exceeded"),
+}
+
+
+@dataclasses.dataclass
+class Behaviour:
+    """Live knobs of a demo upstream; read on every request, so changes apply at once."""
+
+    name: str = "demo"
+    latency_ms: float = 0
+    first_byte_delay_ms: float = 0
+    chunk_delay_ms: float = 0
+    stream_chunks: int = 5
+    failure_rate: float = 0.0
+    failure_status: int = 500
+    retry_after: int | None = None
+    mode: str = "ok"
+    model_names: list[str] | None = None
+    expected_api_key: str | None = None
+
+
+def _coerce_field(key: str, value: Any) -> Any:
+    """Validate one JSON value for a Behaviour field (raises ValueError/TypeError)."""
+    if key in ("latency_ms", "first_byte_delay_ms", "chunk_delay_ms", "failure_rate"):
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise TypeError(f"{key} must be a number")
+        return float(value)
+    if key in ("stream_chunks", "failure_status") or (key == "retry_after" and value is not None):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"{key} must be an integer")
+        return value
+    if key == "mode" and value not in MODES:
+        raise ValueError(f"mode must be one of {', '.join(MODES)}")
+    if key == "model_names" and not (
+        value is None or (isinstance(value, list) and all(isinstance(m, str) for m in value))
+    ):
+        raise TypeError("model_names must be a list of strings or null")
+    if key in ("name", "mode") and not isinstance(value, str):
+        raise TypeError(f"{key} must be a string")
+    if key == "expected_api_key" and value is not None and not isinstance(value, str):
+        raise TypeError("expected_api_key must be a string or null")
+    return value
+
+
+def error_body(status: int, message: str, code: str | None = None) -> dict[str, Any]:
+    kind, default_code = _ERROR_KINDS.get(
+        status, ("server_error" if status >= 500 else "api_error", None)
+    )
+    return {
+        "error": {"message": message, "type": kind, "param": None, "code": code or default_code}
+    }
+
+
+def _text_of(content: Any) -> str:
+    # Content may be a string or a list of parts ({"type": "text", "text": ...}).
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return " ".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
+    return ""
+
+
+def _count_prompt_tokens(body: dict[str, Any]) -> int:
+    messages = body.get("messages")
+    if not isinstance(messages, list):
+        return 0
+    return sum(len(_text_of(m.get("content")).split()) for m in messages if isinstance(m, dict))
+
+
+def _split(text: str, n: int) -> list[str]:
+    """Split text into n non-empty pieces whose concatenation is the (padded) text."""
+    n = max(n, 1)
+    text = text + "." * max(0, n - len(text))  # pad so that every piece carries content
+    size, extra = divmod(len(text), n)
+    pieces, start = [], 0
+    for i in range(n):
+        end = start + size + (1 if i < extra else 0)
+        pieces.append(text[start:end])
+        start = end
+    return pieces
+
+
+async def _sleep_ms(ms: float) -> None:
+    if ms > 0:  # skip even sleep(0): it costs a loop iteration per request in benchmarks
+        await asyncio.sleep(ms / 1000)
+
+
+async def _wait_disconnect(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+async def _drop_connection(send: Send, receive: Receive) -> None:
+    """Close the TCP connection abruptly, without sending anything more."""
+    # uvicorn passes a bound RequestResponseCycle.send whose owner holds the transport.
+    transport = getattr(getattr(send, "__self__", None), "transport", None)
+    if transport is None or not hasattr(transport, "close"):
+        raise ConnectionAbortedError("demo upstream: deliberate connection drop")
+    transport.close()  # flushes what was already written, then FIN
+    # Wait for uvicorn to notice (connection_lost); returning earlier would make it log
+    # "ASGI callable returned without starting response" and try to write a 500.
+    await _wait_disconnect(receive)
+
+
+class DemoApp:
+    """The raw ASGI application. ``create_app`` is the public way to build one."""
+
+    def __init__(self, behaviour: Behaviour) -> None:
+        self.behaviour = behaviour
+        self.requests = 0
+        self.in_flight = 0
+        self.last_request: dict[str, Any] | None = None
+        self._hanging: set[asyncio.Future[None]] = set()
+
+    def stats(self) -> dict[str, Any]:
+        stats = {
+            "requests": self.requests,
+            "last_request": self.last_request,
+            "in_flight": self.in_flight,
+        }
+        return orjson.loads(orjson.dumps(stats))  # deep copy: safe to hand to another thread
+
+    def reset_stats(self) -> None:
+        self.requests = 0
+        self.last_request = None
+
+    def release_hanging(self) -> None:
+        """End every "hang" request (by dropping its connection); must run on the server loop."""
+        for waiter in self._hanging:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":  # for servers run with lifespan="on"
+            while (await receive())["type"] != "lifespan.shutdown":
+                await send({"type": "lifespan.startup.complete"})
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        if scope["type"] != "http":
+            return
+        path, method = scope["path"], scope["method"]
+        if path in CHAT_PATHS and method == "POST":
+            await self._chat(scope, receive, send)
+        elif path in MODELS_PATHS and method == "GET":
+            if not self._authorized(scope):
+                await _send_json(send, 401, error_body(401, "Incorrect API key provided."))
+                return
+            names = self.behaviour.model_names or ["demo-model"]
+            data = [{"id": n, "object": "model", "created": 0, "owned_by": "demo"} for n in names]
+            await _send_json(send, 200, {"object": "list", "data": data})
+        elif path == "/_demo/stats" and method == "GET":
+            await _send_json(send, 200, self.stats())
+        elif path == "/_demo/behaviour" and method in ("GET", "POST"):
+            await self._update_behaviour(
+                await _read_body(receive) if method == "POST" else b"{}", send
+            )
+        elif path == "/_demo/reset-stats" and method == "POST":
+            self.reset_stats()
+            await _send_json(send, 200, self.stats())
+        else:
+            await _send_json(
+                send, 404, error_body(404, f"Unknown route: {method} {path}", "not_found")
+            )
+
+    def _authorized(self, scope: Scope) -> bool:
+        key = self.behaviour.expected_api_key
+        return key is None or _header(scope, b"authorization") == f"Bearer {key}"
+
+    async def _update_behaviour(self, raw: bytes, send: Send) -> None:
+        try:
+            updates = orjson.loads(raw)
+            if not isinstance(updates, dict):
+                raise TypeError("body must be a JSON object")
+            fields = {f.name for f in dataclasses.fields(Behaviour)}
+            unknown = sorted(set(updates) - fields)
+            if unknown:
+                raise ValueError(f"unknown behaviour field(s): {', '.join(unknown)}")
+            checked = {k: _coerce_field(k, v) for k, v in updates.items()}
+        except (orjson.JSONDecodeError, TypeError, ValueError) as exc:
+            await _send_json(send, 400, error_body(400, str(exc)))
+            return
+        for key, value in checked.items():  # apply only once everything validated
+            setattr(self.behaviour, key, value)
+        await _send_json(send, 200, dataclasses.asdict(self.behaviour))
+
+    async def _chat(self, scope: Scope, receive: Receive, send: Send) -> None:
+        raw = await _read_body(receive)
+        try:
+            body: Any = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            body = None
+        self.requests += 1
+        self.last_request = {
+            "headers": {
+                k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]
+            },
+            "body": body,
+            "path": scope["path"],
+        }
+        self.in_flight += 1
+        try:
+            await self._answer_chat(body, scope, receive, send)
+        finally:
+            self.in_flight -= 1
+
+    async def _answer_chat(self, body: Any, scope: Scope, receive: Receive, send: Send) -> None:
+        b = self.behaviour
+        if b.mode == "hang":
+            await self._hang(send, receive)
+            return
+        await _sleep_ms(b.latency_ms)
+        if b.mode == "close":
+            await _drop_connection(send, receive)
+            return
+        if not self._authorized(scope):
+            await _send_json(send, 401, error_body(401, "Incorrect API key provided."))
+            return
+        if not isinstance(body, dict):
+            await _send_json(send, 400, error_body(400, "Request body is not a valid JSON object."))
+            return
+        model = body.get("model")
+        if b.model_names is not None and model not in b.model_names:
+            msg = f"The model `{model}` does not exist or you do not have access to it."
+            await _send_json(send, 404, error_body(404, msg, "model_not_found"))
+            return
+        if b.mode == "fail" or (b.failure_rate > 0 and random.random() < b.failure_rate):
+            extra = (
+                [(b"retry-after", str(b.retry_after).encode())] if b.retry_after is not None else []
+            )
+            msg = f"Demo upstream ({b.name}) failure"
+            await _send_json(send, b.failure_status, error_body(b.failure_status, msg), extra)
+            return
+        if b.mode == "invalid_json":
+            await _send_raw(send, 200, b"application/json", b"{not json")
+            return
+        if b.mode == "wrong_content_type":
+            await _send_raw(send, 200, b"text/html; charset=utf-8", b"<html>oops</html>")
+            return
+        if body.get("stream") is True:
+            await self._stream(body, send, receive)
+        else:
+            await self._complete(body, send, receive)
+
+    async def _hang(self, send: Send, receive: Receive) -> None:
+        # Await the client's disconnect (or server shutdown) without blocking the loop.
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._hanging.add(waiter)
+        gone = asyncio.ensure_future(_wait_disconnect(receive))
+        try:
+            await asyncio.wait({waiter, gone}, return_when=asyncio.FIRST_COMPLETED)
+            client_gone = gone.done()
+        finally:
+            self._hanging.discard(waiter)
+            waiter.cancel()
+            gone.cancel()
+        if not client_gone:  # released by stop(): drop it so uvicorn can shut down promptly
+            await _drop_connection(send, receive)
+
+    def _reply(self, body: dict[str, Any]) -> tuple[str, str, int, dict[str, int]]:
+        text = f"Hello from demo upstream ({self.behaviour.name})"
+        prompt = _count_prompt_tokens(body)
+        completion = len(text.split())
+        usage = {
+            "prompt_tokens": prompt,
+            "completion_tokens": completion,
+            "total_tokens": prompt + completion,
+        }
+        return f"chatcmpl-demo-{uuid.uuid4().hex}", text, int(time.time()), usage
+
+    async def _complete(self, body: dict[str, Any], send: Send, receive: Receive) -> None:
+        cid, text, created, usage = self._reply(body)
+        payload = orjson.dumps(
+            {
+                "id": cid,
+                "object": "chat.completion",
+                "created": created,
+                "model": body.get("model"),
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": text},
+                        "finish_reason": "stop",
+                        "logprobs": None,
+                    }
+                ],
+                "usage": usage,
+            }
+        )
+        if self.behaviour.mode != "cut_stream":
+            await _send_raw(send, 200, b"application/json", payload)
+            return
+        # Announce the full length, send half of it, then drop: a truncated body.
+        await _start(send, 200, [(b"content-type", b"application/json"), _length(payload)])
+        await _body(send, payload[: len(payload) // 2], more=True)
+        await _drop_connection(send, receive)
+
+    async def _stream(self, body: dict[str, Any], send: Send, receive: Receive) -> None:
+        b = self.behaviour
+        cid, text, created, usage = self._reply(body)
+        envelope = {
+            "id": cid,
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": body.get("model"),
+        }
+        sse_headers = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
+        await _start(send, 200, sse_headers)
+        await _sleep_ms(b.first_byte_delay_ms)
+        pieces = _split(text, b.stream_chunks)
+        for i, piece in enumerate(pieces):
+            if i:
+                await _sleep_ms(b.chunk_delay_ms)
+            if b.mode == "cut_stream" and i == 2:
+                await _drop_connection(send, receive)
+                return
+            delta = {"role": "assistant", "content": piece} if i == 0 else {"content": piece}
+            finish = "stop" if i == len(pieces) - 1 else None
+            choices = [{"index": 0, "delta": delta, "finish_reason": finish}]
+            # One ASGI message per event so that each reaches the client as it is produced.
+            await _body(send, _sse({**envelope, "choices": choices}), more=True)
+        options = body.get("stream_options")
+        if isinstance(options, dict) and options.get("include_usage") is True:
+            await _body(send, _sse({**envelope, "choices": [], "usage": usage}), more=True)
+        if b.mode == "cut_stream":  # fewer than 3 chunks configured: still never send [DONE]
+            await _drop_connection(send, receive)
+            return
+        await _body(send, b"data: [DONE]\n\n")
+
+
+def create_app(behaviour: Behaviour) -> DemoApp:
+    """Build the ASGI app; ``behaviour`` is used live (mutate it to change responses)."""
+    return DemoApp(behaviour)
+
+
+async def _start(send: Send, status: int, headers: list[tuple[bytes, bytes]]) -> None:
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+
+
+async def _body(send: Send, payload: bytes, more: bool = False) -> None:
+    await send({"type": "http.response.body", "body": payload, "more_body": more})
+
+
+def _length(payload: bytes) -> tuple[bytes, bytes]:
+    return (b"content-length", str(len(payload)).encode())
+
+
+def _sse(obj: Any) -> bytes:
+    return b"data: " + orjson.dumps(obj) + b"\n\n"
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope["headers"]:
+        if key.lower() == name:
+            return value.decode("latin-1")
+    return None
+
+
+async def _read_body(receive: Receive) -> bytes:
+    chunks: list[bytes] = []
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            break
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            break
+    return b"".join(chunks)
+
+
+async def _send_raw(
+    send: Send,
+    status: int,
+    content_type: bytes,
+    payload: bytes,
+    extra_headers: list[tuple[bytes, bytes]] | None = None,
+) -> None:
+    headers = [(b"content-type", content_type), _length(payload)]
+    await _start(send, status, headers + (extra_headers or []))
+    await _body(send, payload)
+
+
+async def _send_json(
+    send: Send, status: int, obj: Any, extra_headers: list[tuple[bytes, bytes]] | None = None
+) -> None:
+    await _send_raw(send, status, b"application/json", orjson.dumps(obj), extra_headers)
+
+
+class DemoUpstream:
+    """An in-process demo upstream on its own thread and event loop (tests, benchmarks)."""
+
+    def __init__(
+        self, behaviour: Behaviour | None = None, host: str = "127.0.0.1", port: int = 0
+    ) -> None:
+        self.app = create_app(behaviour if behaviour is not None else Behaviour())
+        self.host = host
+        self.port = port  # replaced by the real bound port in start()
+        self._server: uvicorn.Server | None = None
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    @property
+    def behaviour(self) -> Behaviour:
+        return self.app.behaviour
+
+    @property
+    def root_url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+    @property
+    def base_url(self) -> str:
+        return f"{self.root_url}/v1"
+
+    def stats(self) -> dict[str, Any]:
+        return self.app.stats()
+
+    def reset_stats(self) -> None:
+        self.app.reset_stats()
+
+    def start(self, timeout: float = 5.0) -> DemoUpstream:
+        if self._thread is not None:
+            raise RuntimeError("DemoUpstream already started")
+        # Bind ourselves so that port=0 yields a known port before the server runs.
+        sock = socket.socket(
+            socket.AF_INET6 if ":" in self.host else socket.AF_INET, socket.SOCK_STREAM
+        )
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((self.host, self.port))
+        self.port = sock.getsockname()[1]
+        config = uvicorn.Config(
+            self.app,
+            host=self.host,
+            port=self.port,
+            log_level="warning",
+            lifespan="off",
+            loop="asyncio",
+            access_log=False,
+            timeout_graceful_shutdown=2,
+        )
+        server = self._server = uvicorn.Server(config)
+
+        async def serve() -> None:
+            self._loop = asyncio.get_running_loop()
+            await server.serve(sockets=[sock])
+
+        self._thread = threading.Thread(
+            target=asyncio.run, args=(serve(),), daemon=True, name=f"demo-upstream-{self.port}"
+        )
+        self._thread.start()
+        deadline = time.monotonic() + timeout
+        while not server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                sock.close()
+                raise RuntimeError(f"demo upstream failed to start on {self.host}:{self.port}")
+            time.sleep(0.005)
+        return self
+
+    def stop(self, timeout: float = 5.0) -> None:
+        server, thread, loop = self._server, self._thread, self._loop
+        if server is None or thread is None:
+            return
+        if loop is not None:
+            # "hang" requests would otherwise keep uvicorn's graceful shutdown waiting.
+            # RuntimeError: the loop already closed (server died), nothing left to release.
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(self.app.release_hanging)
+        server.should_exit = True
+        thread.join(timeout)
+        if thread.is_alive():
+            server.force_exit = True
+            thread.join(timeout)
+        self._server = self._thread = self._loop = None
+
+    def __enter__(self) -> DemoUpstream:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="OpenAI-compatible fake upstream for Berry")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=9001)
+    parser.add_argument("--name", default="demo")
+    parser.add_argument("--mode", default="ok", choices=MODES)
+    parser.add_argument("--latency-ms", type=float, default=0)
+    parser.add_argument("--first-byte-delay-ms", type=float, default=0)
+    parser.add_argument("--chunk-delay-ms", type=float, default=0)
+    parser.add_argument("--stream-chunks", type=int, default=5)
+    parser.add_argument("--failure-rate", type=float, default=0.0)
+    parser.add_argument("--failure-status", type=int, default=500)
+    parser.add_argument("--retry-after", type=int, default=None)
+    parser.add_argument("--models", default=None, help="comma-separated model names to accept")
+    parser.add_argument("--api-key", default=None, help="require 'Authorization: Bearer <key>'")
+    args = parser.parse_args(argv)
+    behaviour = Behaviour(
+        name=args.name,
+        mode=args.mode,
+        latency_ms=args.latency_ms,
+        first_byte_delay_ms=args.first_byte_delay_ms,
+        chunk_delay_ms=args.chunk_delay_ms,
+        stream_chunks=args.stream_chunks,
+        failure_rate=args.failure_rate,
+        failure_status=args.failure_status,
+        retry_after=args.retry_after,
+        model_names=[m.strip() for m in args.models.split(",") if m.strip()]
+        if args.models
+        else None,
+        expected_api_key=args.api_key,
+    )
+    print(
+        f"demo upstream '{args.name}' on http://{args.host}:{args.port}/v1 (mode={args.mode})",
+        file=sys.stderr,
+    )
+    # loop/http "auto" pick uvloop and httptools when installed: the fake must stay cheap.
+    # The graceful-shutdown bound keeps Ctrl-C from waiting forever on "hang" requests.
+    uvicorn.run(
+        create_app(behaviour),
+        host=args.host,
+        port=args.port,
+        log_level="warning",
+        access_log=False,
+        lifespan="off",
+        timeout_graceful_shutdown=1,
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,40 @@
+"""Route group "admin": ``/admin/*``, for admin tokens only."""
+
+from __future__ import annotations
+
+import orjson
+from fastapi import APIRouter, Depends
+from fastapi.responses import Response
+from mangum import Mangum
+
+from berry_shared import reports
+from berry_shared.errors import ModelNotFound
+
+from .common import GatewayDep, admin_only, build_app, json_response
+
+router = APIRouter(prefix="/admin", dependencies=[Depends(admin_only)])
+
+
+@router.get("/model-weights", response_model=None)
+async def model_weights(gateway: GatewayDep, model: str | None = None) -> Response:
+    key = None
+    if model is not None:
+        found = gateway.directory.find_model(model)
+        if found is None:
+            raise ModelNotFound(f"Unknown model '{model}'.", param="model")
+        key = found[0]
+    return json_response(orjson.dumps(reports.model_weights(gateway, key)))
+
+
+@router.get("/backend-health", response_model=None)
+async def backend_health(gateway: GatewayDep) -> Response:
+    return json_response(orjson.dumps(reports.backend_health(gateway)))
+
+
+@router.get("/system-stats", response_model=None)
+async def system_stats(gateway: GatewayDep) -> Response:
+    return json_response(orjson.dumps(reports.system_stats(gateway)))
+
+
+app = build_app(router, title="Berry admin")
+handler = Mangum(app)

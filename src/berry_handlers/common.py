@@ -1,0 +1,210 @@
+"""What every route group shares: the app factory, auth dependencies, errors as OpenAI JSON.
+
+Each route group module builds its own small app with ``build_app(router)`` (one Lambda
+function each); the local server builds one app with every router.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import Response, StreamingResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from berry_shared.auth import Caller
+from berry_shared.errors import BerryError, PayloadTooLarge, PermissionDenied, error_json
+from berry_shared.gateway import Gateway
+
+logger = logging.getLogger("berry")
+
+JSON = "application/json"
+
+
+def json_response(
+    body: bytes, status: int = 200, headers: dict[str, str] | None = None
+) -> Response:
+    return Response(content=body, status_code=status, media_type=JSON, headers=headers)
+
+
+def error_response(
+    status: int,
+    message: str,
+    error_type: str,
+    code: str | None = None,
+    param: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> Response:
+    return json_response(error_json(message, error_type, code, param), status, headers)
+
+
+# -- dependencies ---------------------------------------------------------------------------
+
+
+def get_gateway(request: Request) -> Gateway:
+    return request.app.state.gateway
+
+
+def authenticated(request: Request) -> Caller:
+    gateway: Gateway = request.app.state.gateway
+    return gateway.directory.authenticate(request.headers.get("authorization"))
+
+
+def admin_only(caller: Annotated[Caller, Depends(authenticated)]) -> Caller:
+    if not caller.is_admin:
+        raise PermissionDenied("This endpoint is for admin tokens only.", code="admin_required")
+    return caller
+
+
+GatewayDep = Annotated[Gateway, Depends(get_gateway)]
+CallerDep = Annotated[Caller, Depends(authenticated)]
+AdminDep = Annotated[Caller, Depends(admin_only)]
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, refusing more than ``limit`` bytes before reading them all."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"The request body is larger than {limit} bytes.")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"The request body is larger than {limit} bytes.")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+class RelayStreamingResponse(StreamingResponse):
+    """A StreamingResponse that always closes its body iterator, so a client that goes away
+    mid-stream frees the upstream connection at once instead of whenever GC gets to it."""
+
+    async def stream_response(self, send: Send) -> None:
+        try:
+            await super().stream_response(send)
+        finally:
+            aclose = getattr(self.body_iterator, "aclose", None)
+            if aclose is not None:
+                await aclose()
+
+
+# -- errors ---------------------------------------------------------------------------------
+
+
+async def _berry_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, BerryError)
+    return json_response(
+        error_json(exc.message, exc.error_type, exc.code, exc.param), exc.status_code, exc.headers
+    )
+
+
+_HTTP_ERRORS = {
+    404: ("Unknown path. See /v1/models, /v1/chat/completions, /health.", "not_found"),
+    405: ("Method not allowed on this path.", "method_not_allowed"),
+}
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, StarletteHTTPException)
+    message, code = _HTTP_ERRORS.get(exc.status_code, (str(exc.detail), None))
+    error_type = "invalid_request_error" if exc.status_code < 500 else "server_error"
+    return error_response(exc.status_code, message, error_type, code, headers=exc.headers)
+
+
+async def _validation_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestValidationError)
+    first = exc.errors()[0] if exc.errors() else {}
+    location = ".".join(str(p) for p in first.get("loc", ()) if p not in ("query", "body"))
+    message = f"Invalid parameter '{location}': {first.get('msg', 'invalid value')}."
+    return error_response(400, message, "invalid_request_error", "invalid_parameter", location)
+
+
+async def _unexpected_error(request: Request, exc: Exception) -> Response:
+    # The traceback goes to the log, never to the caller.
+    logger.exception("unhandled error on %s %s", request.method, request.url.path)
+    return error_response(500, "Internal error in Berry.", "server_error", "internal_error")
+
+
+# -- metrics middleware ---------------------------------------------------------------------
+
+
+class MetricsMiddleware:
+    """Counts and times every HTTP request by route template (never by raw path)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        gateway: Gateway | None = getattr(scope["app"].state, "gateway", None)
+        if gateway is None:
+            await self.app(scope, receive, send)
+            return
+        metrics = gateway.metrics
+        started = time.perf_counter()
+        status = 500
+
+        async def send_with_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                route = scope.get("route")
+                endpoint = getattr(route, "path", "unmatched")
+                metrics.http_duration.labels(scope["method"], endpoint).observe(
+                    time.perf_counter() - started
+                )
+            await send(message)
+
+        metrics.in_flight.inc()
+        try:
+            await self.app(scope, receive, send_with_status)
+        finally:
+            metrics.in_flight.dec()
+            route = scope.get("route")
+            endpoint = getattr(route, "path", "unmatched")
+            metrics.http_requests.labels(scope["method"], endpoint, str(status)).inc()
+
+
+# -- the app factory ------------------------------------------------------------------------
+
+GatewayFactory = Callable[[], Gateway]
+
+
+def build_app(
+    *routers: APIRouter,
+    gateway: Gateway | None = None,
+    title: str = "Berry",
+    gateway_factory: GatewayFactory = Gateway.from_config_file,
+) -> FastAPI:
+    """An app serving ``routers``; the gateway is the given one, or made at start-up."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
+        own = gateway or gateway_factory()
+        app.state.gateway = own
+        await own.start()
+        try:
+            yield {}
+        finally:
+            await own.close()
+
+    app = FastAPI(title=title, lifespan=lifespan, docs_url=None, redoc_url=None)
+    if gateway is not None:
+        app.state.gateway = gateway
+    for router in routers:
+        app.include_router(router)
+    app.add_exception_handler(BerryError, _berry_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(Exception, _unexpected_error)
+    app.add_middleware(MetricsMiddleware)
+    return app

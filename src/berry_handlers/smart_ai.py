@@ -1,0 +1,33 @@
+"""Route group "smart-ai": SmartAI's weights, per model or all."""
+
+from __future__ import annotations
+
+import orjson
+from fastapi import APIRouter
+from fastapi.responses import Response
+from mangum import Mangum
+
+from berry_shared import reports
+from berry_shared.errors import ModelNotFound
+
+from .common import GatewayDep, build_app, json_response
+
+router = APIRouter(prefix="/smart-ai")
+
+
+@router.get("/weights", response_model=None)
+async def all_weights(gateway: GatewayDep) -> Response:
+    return json_response(orjson.dumps(reports.smart_ai_weights(gateway)))
+
+
+@router.get("/models/{model:path}/weights", response_model=None)
+async def model_weights(gateway: GatewayDep, model: str) -> Response:
+    found = gateway.directory.find_model(model)
+    if found is None:
+        # The value is echoed back only through JSON encoding, so any path value is safe.
+        raise ModelNotFound(f"Unknown model '{model[:200]}'.", param="model")
+    return json_response(orjson.dumps(reports.smart_ai_weights(gateway, found[0])))
+
+
+app = build_app(router, title="Berry SmartAI")
+handler = Mangum(app)

@@ -1,0 +1,122 @@
+"""What Berry knows about each backend, and how one outcome changes it.
+
+Pure data and pure transitions: no clock is read and no I/O is done here, so the rules of
+confidence and circuit breaking can be tested one step at a time. Times are wall-clock
+seconds (``time.time()``) because instances that share state must agree on them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+from .config import Settings
+
+
+class ErrorClass(StrEnum):
+    """Why an attempt failed; each class has its own confidence penalty."""
+
+    NETWORK = "network"
+    TIMEOUT = "timeout"
+    AUTH = "auth"
+    RATE_LIMIT = "rate_limit"
+    SERVER = "server"
+    MODEL = "model"
+
+
+class CircuitState(StrEnum):
+    CLOSED = "closed"
+    OPEN = "open"
+    HALF_OPEN = "half_open"
+
+
+# Exponential moving average weight of a new latency sample.
+LATENCY_EMA_ALPHA = 0.2
+
+
+@dataclass(slots=True)
+class BackendState:
+    confidence: float
+    consecutive_failures: int = 0
+    # When the circuit opened; 0 while it is closed. Half-open is derived from the clock.
+    opened_at: float = 0.0
+    # A trial request holds the half-open backend until this time, so only one runs at a time.
+    trial_until: float = 0.0
+    # An upstream 429 with Retry-After keeps the backend out until this time.
+    cooldown_until: float = 0.0
+    latency_ms: float | None = None
+    requests: int = 0
+    failures: int = 0
+    last_request_at: float = 0.0
+    last_error: ErrorClass | None = None
+
+    def circuit(self, now: float, settings: Settings) -> CircuitState:
+        if not self.opened_at:
+            return CircuitState.CLOSED
+        if now - self.opened_at < settings.circuit_breaker_timeout_seconds:
+            return CircuitState.OPEN
+        return CircuitState.HALF_OPEN
+
+    def available_at(self, settings: Settings) -> float:
+        """The earliest time this backend may take traffic again (0 if it may now)."""
+        until = self.cooldown_until
+        if self.opened_at:
+            until = max(until, self.opened_at + settings.circuit_breaker_timeout_seconds)
+        return until
+
+
+def new_state(settings: Settings) -> BackendState:
+    return BackendState(confidence=settings.smart_ai.initial_confidence)
+
+
+def penalty(error: ErrorClass, settings: Settings) -> float:
+    adjustments = settings.smart_ai.confidence_adjustments
+    return {
+        ErrorClass.NETWORK: adjustments.network_error_penalty,
+        ErrorClass.TIMEOUT: adjustments.timeout_penalty,
+        ErrorClass.AUTH: adjustments.auth_error_penalty,
+        ErrorClass.RATE_LIMIT: adjustments.rate_limit_penalty,
+        ErrorClass.SERVER: adjustments.server_error_penalty,
+        ErrorClass.MODEL: adjustments.model_error_penalty,
+    }[error]
+
+
+def record_success(state: BackendState, latency_ms: float, now: float, settings: Settings) -> None:
+    """A request succeeded: raise confidence, close the circuit, fold in the latency."""
+    state.confidence = min(
+        1.0, state.confidence + settings.smart_ai.confidence_adjustments.success_boost
+    )
+    state.consecutive_failures = 0
+    state.opened_at = 0.0
+    state.trial_until = 0.0
+    state.requests += 1
+    state.last_request_at = now
+    if state.latency_ms is None:
+        state.latency_ms = latency_ms
+    else:
+        state.latency_ms += LATENCY_EMA_ALPHA * (latency_ms - state.latency_ms)
+
+
+def record_failure(
+    state: BackendState,
+    error: ErrorClass,
+    now: float,
+    settings: Settings,
+    retry_after: float | None = None,
+) -> None:
+    """A request failed: lower confidence by the class's penalty, maybe open the circuit."""
+    state.confidence = max(
+        settings.smart_ai.min_confidence, state.confidence - penalty(error, settings)
+    )
+    state.consecutive_failures += 1
+    state.requests += 1
+    state.failures += 1
+    state.last_request_at = now
+    state.last_error = error
+    state.trial_until = 0.0
+    was_trial = state.circuit(now, settings) is CircuitState.HALF_OPEN
+    if was_trial or state.consecutive_failures >= settings.circuit_breaker_failure_threshold:
+        # A failed trial re-opens for a full timeout; so does reaching the threshold.
+        state.opened_at = now
+    if retry_after:
+        state.cooldown_until = max(state.cooldown_until, now + retry_after)

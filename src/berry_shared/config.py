@@ -1,0 +1,344 @@
+"""Berry's configuration: Berry API's ``config.toml`` format, validated with pydantic.
+
+Loading does three things in order: parse TOML, replace ``${VAR}`` (or ``${VAR:-default}``)
+in every string from the environment, validate. Every problem is reported at once, one line each, naming the file, the
+key path and the reason, so a user fixes a bad file in one pass.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+DEFAULT_CONFIG_FILE = "config.toml"
+PREMIUM_TAG = "premium"
+
+# Strategy names Berry API accepts. Berry routes every model with SmartAI; the older names are
+# accepted so an existing config.toml loads unchanged, and `berry check-config` says so.
+LEGACY_STRATEGIES = (
+    "weighted_random",
+    "round_robin",
+    "least_latency",
+    "failover",
+    "random",
+    "weighted_failover",
+    "smart_weighted_failover",
+)
+Strategy = Literal[
+    "smart_ai",
+    "weighted_random",
+    "round_robin",
+    "least_latency",
+    "failover",
+    "random",
+    "weighted_failover",
+    "smart_weighted_failover",
+]
+
+PositiveSeconds = Annotated[float, Field(gt=0)]
+Penalty = Annotated[float, Field(ge=0, le=1)]
+
+
+class _Section(BaseModel):
+    # Unknown keys are errors: a typo such as `wieght = 5` must not be silently ignored.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ConfidenceAdjustments(_Section):
+    success_boost: Penalty = 0.1
+    network_error_penalty: Penalty = 0.3
+    auth_error_penalty: Penalty = 0.8
+    rate_limit_penalty: Penalty = 0.1
+    server_error_penalty: Penalty = 0.2
+    model_error_penalty: Penalty = 0.3
+    timeout_penalty: Penalty = 0.2
+
+
+class SmartAISettings(_Section):
+    initial_confidence: Annotated[float, Field(gt=0, le=1)] = 0.8
+    min_confidence: Annotated[float, Field(gt=0, le=1)] = 0.05
+    enable_time_decay: bool = True
+    lightweight_check_interval_seconds: PositiveSeconds = 600
+    exploration_ratio: Annotated[float, Field(ge=0, le=1)] = 0.2
+    non_premium_stability_bonus: Annotated[float, Field(ge=1, le=10)] = 1.1
+    confidence_adjustments: ConfidenceAdjustments = ConfidenceAdjustments()
+
+    @model_validator(mode="after")
+    def _min_below_initial(self) -> SmartAISettings:
+        if self.min_confidence > self.initial_confidence:
+            raise ValueError("min_confidence must not exceed initial_confidence")
+        return self
+
+
+class Settings(_Section):
+    health_check_interval_seconds: PositiveSeconds = 30
+    request_timeout_seconds: PositiveSeconds = 30
+    max_retries: Annotated[int, Field(ge=0, le=20)] = 3
+    circuit_breaker_failure_threshold: Annotated[int, Field(ge=1)] = 5
+    circuit_breaker_timeout_seconds: PositiveSeconds = 60
+    recovery_check_interval_seconds: PositiveSeconds = 120
+    max_internal_retries: Annotated[int, Field(ge=0, le=10)] = 2
+    health_check_timeout_seconds: PositiveSeconds = 10
+    max_request_body_bytes: Annotated[int, Field(ge=1024)] = 10 * 1024 * 1024
+    state_store: Literal["memory", "dynamodb"] = "memory"
+    smart_ai: SmartAISettings = SmartAISettings()
+
+
+class Provider(_Section):
+    name: Annotated[str, Field(min_length=1)]
+    base_url: Annotated[str, Field(min_length=1)]
+    api_key: Annotated[str, Field(min_length=1, repr=False)]
+    models: Annotated[list[str], Field(min_length=1)]
+    headers: dict[str, str] = {}
+    enabled: bool = True
+    timeout_seconds: PositiveSeconds = 30
+    max_retries: Annotated[int, Field(ge=0, le=20)] = 3
+    backend_type: Literal["openai"] = "openai"
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not re.match(r"^https?://[^\s/]+", value):
+            raise ValueError("must start with http:// or https:// and name a host")
+        return value
+
+    @field_validator("headers")
+    @classmethod
+    def _no_auth_header(cls, value: dict[str, str]) -> dict[str, str]:
+        for name in value:
+            if name.lower() in {"authorization", "host", "content-length"}:
+                raise ValueError(f"header {name!r} is set by Berry and cannot be overridden")
+        return value
+
+    @property
+    def api_base(self) -> str:
+        """The base URL ending in ``/v1``, whether or not the config wrote it."""
+        base = self.base_url.rstrip("/")
+        return base if base.endswith("/v1") else base + "/v1"
+
+
+class Backend(_Section):
+    provider: Annotated[str, Field(min_length=1)]
+    model: Annotated[str, Field(min_length=1)]
+    weight: Annotated[float, Field(gt=0, le=100)] = 1.0
+    priority: Annotated[int, Field(ge=0, le=10)] = 0
+    enabled: bool = True
+    tags: list[str] = []
+    billing_mode: Literal["per_token", "per_request"] = "per_token"
+
+    @property
+    def key(self) -> str:
+        """``provider:model``: how a backend is named in headers, metrics and state."""
+        return f"{self.provider}:{self.model}"
+
+    @property
+    def is_premium(self) -> bool:
+        return PREMIUM_TAG in self.tags
+
+
+class Model(_Section):
+    name: Annotated[str, Field(min_length=1)]
+    strategy: Strategy = "smart_ai"
+    enabled: bool = True
+    backends: Annotated[list[Backend], Field(min_length=1)]
+
+
+class RateLimit(_Section):
+    requests_per_minute: Annotated[int, Field(ge=1)] | None = None
+    requests_per_hour: Annotated[int, Field(ge=1)] | None = None
+    requests_per_day: Annotated[int, Field(ge=1)] | None = None
+
+    def windows(self) -> list[tuple[int, int]]:
+        """``(window_seconds, limit)`` for every limit that is set."""
+        pairs = (
+            (60, self.requests_per_minute),
+            (3600, self.requests_per_hour),
+            (86400, self.requests_per_day),
+        )
+        return [(seconds, limit) for seconds, limit in pairs if limit is not None]
+
+
+class User(_Section):
+    name: Annotated[str, Field(min_length=1)]
+    token: Annotated[str, Field(min_length=16, pattern=r"^\S+$", repr=False)]
+    allowed_models: list[str] = []
+    enabled: bool = True
+    tags: list[str] = []
+    admin: bool | None = None
+    rate_limit: RateLimit | None = None
+
+    @property
+    def is_admin(self) -> bool:
+        # Berry API's rule: unrestricted users are admins unless they opt out explicitly.
+        if self.admin is not None:
+            return self.admin
+        return not self.allowed_models
+
+
+class Config(_Section):
+    settings: Settings = Settings()
+    providers: dict[str, Provider] = {}
+    models: dict[str, Model] = {}
+    users: dict[str, User] = {}
+
+    @model_validator(mode="after")
+    def _cross_references(self) -> Config:
+        problems: list[str] = []
+        public_names: dict[str, str] = {}
+        for key, model in self.models.items():
+            if model.name in public_names:
+                problems.append(
+                    f"models.{key}.name: {model.name!r} is also the name of "
+                    f"models.{public_names[model.name]}"
+                )
+            public_names[model.name] = key
+            seen: set[str] = set()
+            for index, backend in enumerate(model.backends):
+                where = f"models.{key}.backends[{index}]"
+                provider = self.providers.get(backend.provider)
+                if provider is None:
+                    problems.append(f"{where}.provider: unknown provider {backend.provider!r}")
+                elif backend.model not in provider.models:
+                    problems.append(
+                        f"{where}.model: {backend.model!r} is not in "
+                        f"providers.{backend.provider}.models"
+                    )
+                if backend.key in seen:
+                    problems.append(f"{where}: backend {backend.key!r} is listed twice")
+                seen.add(backend.key)
+        tokens: dict[str, str] = {}
+        for user_id, user in self.users.items():
+            for model_ref in user.allowed_models:
+                if model_ref not in self.models and model_ref not in public_names:
+                    problems.append(f"users.{user_id}.allowed_models: unknown model {model_ref!r}")
+            if user.token in tokens:
+                # The token itself is a secret: name only the users that share it.
+                problems.append(f"users.{user_id}.token: same token as users.{tokens[user.token]}")
+            tokens[user.token] = user_id
+        if problems:
+            raise ValueError("\n".join(problems))
+        return self
+
+    def warnings(self) -> list[str]:
+        """Things that load but that a user probably wants to know about."""
+        notes = []
+        for key, model in self.models.items():
+            if model.strategy in LEGACY_STRATEGIES:
+                notes.append(
+                    f"models.{key}.strategy: {model.strategy!r} is routed with smart_ai "
+                    "(Berry's only strategy)"
+                )
+        if not self.users:
+            notes.append("users: no users are configured, so every API request will get 401")
+        return notes
+
+
+class ConfigError(Exception):
+    """A config file that cannot be used; ``problems`` holds one line per problem."""
+
+    def __init__(self, source: str, problems: list[str]) -> None:
+        self.source = source
+        self.problems = problems
+        super().__init__("\n".join(f"{source}: {problem}" for problem in problems))
+
+
+# ${NAME}, or ${NAME:-default} for a value used when NAME is unset or empty (as in shells).
+_VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def _interpolate(value: Any, env: Mapping[str, str], path: str, missing: list[str]) -> Any:
+    if isinstance(value, str):
+
+        def replace(match: re.Match[str]) -> str:
+            name, default = match.group(1), match.group(2)
+            value = env.get(name)
+            if value:
+                return value
+            if default is not None:
+                return default
+            if value is None:
+                missing.append(f"{path}: environment variable {name} is not set")
+            return ""
+
+        return _VARIABLE.sub(replace, value)
+    if isinstance(value, dict):
+        return {
+            k: _interpolate(v, env, f"{path}.{k}" if path else k, missing) for k, v in value.items()
+        }
+    if isinstance(value, list):
+        return [_interpolate(v, env, f"{path}[{i}]", missing) for i, v in enumerate(value)]
+    return value
+
+
+def _describe(error: dict[str, Any]) -> str:
+    location = ""
+    for part in error["loc"]:
+        if isinstance(part, int):
+            location += f"[{part}]"
+        else:
+            location += f".{part}" if location else str(part)
+    message = error["msg"]
+    if error["type"] == "extra_forbidden":
+        message = "unknown key"
+    elif error["type"] == "missing":
+        message = "required key is missing"
+    elif message.startswith("Value error, "):
+        message = message.removeprefix("Value error, ")
+    if not location:
+        return message
+    return f"{location}: {message}"
+
+
+def parse_config(
+    data: Mapping[str, Any], source: str = "<config>", env: Mapping[str, str] | None = None
+) -> Config:
+    """Validate already-parsed TOML data, interpolating ``${VAR}`` from ``env``."""
+    missing: list[str] = []
+    resolved = _interpolate(dict(data), os.environ if env is None else env, "", missing)
+    if missing:
+        raise ConfigError(source, missing)
+    try:
+        return Config.model_validate(resolved)
+    except ValidationError as exc:
+        problems: list[str] = []
+        for error in exc.errors(include_url=False, include_input=False):
+            # Cross-reference problems arrive as one error with one line per problem.
+            for line in _describe(error).splitlines():
+                problems.append(line)
+        raise ConfigError(source, problems) from None
+
+
+def resolve_config_path(explicit: str | os.PathLike[str] | None = None) -> Path:
+    """``--config`` wins, then ``CONFIG_PATH``, then ``./config.toml``."""
+    return Path(explicit or os.environ.get("CONFIG_PATH") or DEFAULT_CONFIG_FILE)
+
+
+def load_config(
+    path: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None
+) -> Config:
+    """Read, interpolate and validate a config file; raises ``ConfigError``."""
+    file = resolve_config_path(path)
+    try:
+        raw = file.read_bytes()
+    except OSError as exc:
+        raise ConfigError(str(file), [f"cannot read the file: {exc.strerror or exc}"]) from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(str(file), ["the file is not valid UTF-8"]) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(str(file), [f"invalid TOML: {exc}"]) from None
+    return parse_config(data, str(file), env)

@@ -1,0 +1,54 @@
+"""The gateway: config, directory, state store, upstream client, relay and metrics, wired once.
+
+One ``Gateway`` per process (per Lambda container, or the one uvicorn worker). Handlers reach
+everything through it; nothing in here knows which web framework called.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+from .auth import Directory
+from .config import Config, load_config
+from .metrics import Metrics
+from .relay import Relay
+from .smart_ai import Candidate
+from .state import StateStore, create_store
+from .upstream import UpstreamClient
+
+
+class Gateway:
+    def __init__(self, config: Config, store: StateStore | None = None) -> None:
+        self.config = config
+        self.settings = config.settings
+        self.directory = Directory(config)
+        self.store = store or create_store(config.settings)
+        self.upstream = UpstreamClient(config.providers)
+        self.metrics = Metrics()
+        self.relay = Relay(config, self.directory, self.store, self.upstream, self.metrics)
+        self.started_at = time.time()
+        self.metrics.watch_backends(self._backend_gauges)
+
+    @classmethod
+    def from_config_file(cls, path: str | os.PathLike[str] | None = None) -> Gateway:
+        return cls(load_config(path))
+
+    async def start(self) -> None:
+        await self.store.start()
+
+    async def close(self) -> None:
+        await self.upstream.close()
+        await self.store.close()
+
+    def assess_model(self, model_key: str, now: float | None = None) -> list[Candidate]:
+        """Every enabled backend of a model, scored as the selector sees it (no user filter)."""
+        return self.relay.candidates(None, self.config.models[model_key], now or time.time())
+
+    def _backend_gauges(self) -> list[tuple[str, bool, float]]:
+        now = time.time()
+        gauges: dict[str, tuple[str, bool, float]] = {}
+        for key in self.config.models:
+            for c in self.assess_model(key, now):
+                gauges[c.key] = (c.key, c.is_healthy, c.effective_weight)
+        return list(gauges.values())

@@ -1,0 +1,195 @@
+"""SmartAI: which backend serves a request, and in what order the others are tried.
+
+Pure functions over a model's backends and their ``BackendState``. The weight a backend gets
+is ``weight x confidence factor x latency factor x stability bonus``; the selector sends
+``1 - exploration_ratio`` of the traffic to the heaviest backend of the preferred priority tier
+and spreads the rest in proportion to weight, so weaker backends keep being measured.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from .backend_state import BackendState, CircuitState
+from .config import Backend, Settings
+
+# Confidence below this counts as unhealthy; its factor is the floor below.
+UNHEALTHY_CONFIDENCE = 0.3
+FLOOR_FACTOR = 0.05
+# How much slower than the fastest backend a backend may be before its weight shrinks, and
+# the least a latency factor can be, so a slow backend is demoted, never starved.
+MIN_LATENCY_FACTOR = 0.25
+# Weights closer than this are a tie, shared evenly, so equal backends split traffic evenly.
+TIE_TOLERANCE = 1e-9
+
+HOUR = 3600.0
+DAY = 24 * HOUR
+# Idle time -> how much of the distance from initial_confidence remains (Berry API's steps).
+DECAY_STEPS = ((HOUR, 1.0), (6 * HOUR, 0.95), (DAY, 0.9), (3 * DAY, 0.8))
+DECAY_FLOOR = 0.7
+
+_RNG = random.Random()
+
+
+def confidence_factor(confidence: float) -> float:
+    """Berry API's documented curve: full credit above 0.8, steps below, a floor under 0.3."""
+    if confidence >= 0.8:
+        return confidence
+    if confidence >= 0.6:
+        return confidence * 0.8
+    if confidence >= UNHEALTHY_CONFIDENCE:
+        return confidence * 0.5
+    return FLOOR_FACTOR
+
+
+def decayed_confidence(state: BackendState, now: float, settings: Settings) -> float:
+    """Old evidence fades: an idle backend's confidence drifts back toward the initial value."""
+    smart = settings.smart_ai
+    if not smart.enable_time_decay or not state.last_request_at:
+        return state.confidence
+    idle = now - state.last_request_at
+    keep = DECAY_FLOOR
+    for limit, fraction in DECAY_STEPS:
+        if idle < limit:
+            keep = fraction
+            break
+    return smart.initial_confidence + (state.confidence - smart.initial_confidence) * keep
+
+
+def latency_factor(latency_ms: float | None, fastest_ms: float | None) -> float:
+    if latency_ms is None or fastest_ms is None or latency_ms <= fastest_ms:
+        return 1.0
+    # Square root: twice as slow costs ~30% of the weight, not half of it.
+    return max(MIN_LATENCY_FACTOR, ((fastest_ms + 1.0) / (latency_ms + 1.0)) ** 0.5)
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    """A backend with everything the selector decided about it at one instant."""
+
+    backend: Backend
+    state: BackendState
+    circuit: CircuitState
+    confidence: float
+    effective_weight: float
+    # False while the circuit is open, a 429 cooldown runs, or another request holds the trial.
+    available: bool
+
+    @property
+    def key(self) -> str:
+        return self.backend.key
+
+    @property
+    def is_healthy(self) -> bool:
+        return (
+            self.available
+            and self.circuit is CircuitState.CLOSED
+            and (self.confidence >= UNHEALTHY_CONFIDENCE)
+        )
+
+
+def assess(
+    backends: Sequence[Backend],
+    states: Sequence[BackendState],
+    now: float,
+    settings: Settings,
+) -> list[Candidate]:
+    """Score every backend: circuit, decayed confidence and the weight the selector uses."""
+    latencies = [s.latency_ms for s in states if s.latency_ms is not None]
+    fastest = min(latencies) if latencies else None
+    bonus = settings.smart_ai.non_premium_stability_bonus
+    candidates = []
+    for backend, state in zip(backends, states, strict=True):
+        circuit = state.circuit(now, settings)
+        confidence = decayed_confidence(state, now, settings)
+        available = (
+            circuit is not CircuitState.OPEN
+            and state.cooldown_until <= now
+            and not (circuit is CircuitState.HALF_OPEN and state.trial_until > now)
+        )
+        weight = 0.0
+        if available:
+            weight = (
+                backend.weight
+                * confidence_factor(confidence)
+                * latency_factor(state.latency_ms, fastest)
+            )
+            if not backend.is_premium and confidence > 0.9:
+                weight *= bonus
+        candidates.append(Candidate(backend, state, circuit, confidence, weight, available))
+    return candidates
+
+
+def _preferred_tier(candidates: Iterable[Candidate]) -> list[Candidate]:
+    """Backends of the best priority (lowest number) that still has a closed circuit."""
+    usable = [c for c in candidates if c.available and c.effective_weight > 0]
+    closed = [c for c in usable if c.circuit is CircuitState.CLOSED]
+    if not closed:
+        return usable
+    best = min(c.backend.priority for c in closed)
+    return [c for c in closed if c.backend.priority == best]
+
+
+def selection_shares(candidates: Sequence[Candidate], settings: Settings) -> dict[str, float]:
+    """The probability that each backend is picked first for the next request."""
+    shares = {c.key: 0.0 for c in candidates}
+    trials = [c for c in candidates if c.available and c.circuit is CircuitState.HALF_OPEN]
+    if trials:
+        # A half-open backend takes the next request as its trial (see plan_attempts).
+        shares[trials[0].key] = 1.0
+        return shares
+    tier = _preferred_tier(candidates)
+    if not tier:
+        return shares
+    ratio = settings.smart_ai.exploration_ratio
+    total = sum(c.effective_weight for c in tier)
+    top = max(c.effective_weight for c in tier)
+    leaders = [c for c in tier if top - c.effective_weight <= TIE_TOLERANCE * top]
+    for c in tier:
+        shares[c.key] += ratio * c.effective_weight / total
+    for c in leaders:
+        shares[c.key] += (1.0 - ratio) / len(leaders)
+    return shares
+
+
+def plan_attempts(
+    candidates: Sequence[Candidate], settings: Settings, rng: random.Random | None = None
+) -> list[Candidate]:
+    """The order in which backends are tried for one request; empty if none is available.
+
+    First a half-open backend (its trial), else SmartAI's pick from the preferred tier; then
+    every other available backend, best tier and heaviest first, as failover targets.
+    """
+    rng = rng or _RNG
+    usable = [c for c in candidates if c.available and c.effective_weight > 0]
+    if not usable:
+        return []
+    trials = [c for c in usable if c.circuit is CircuitState.HALF_OPEN]
+    if trials:
+        first = trials[0]
+    else:
+        tier = _preferred_tier(usable)
+        if rng.random() < settings.smart_ai.exploration_ratio:
+            first = rng.choices(tier, weights=[c.effective_weight for c in tier])[0]
+        else:
+            top = max(c.effective_weight for c in tier)
+            leaders = [c for c in tier if top - c.effective_weight <= TIE_TOLERANCE * top]
+            first = leaders[0] if len(leaders) == 1 else rng.choice(leaders)
+    rest = sorted(
+        (c for c in usable if c is not first),
+        key=lambda c: (
+            c.circuit is CircuitState.HALF_OPEN,
+            c.backend.priority,
+            -c.effective_weight,
+        ),
+    )
+    return [first, *rest]
+
+
+def retry_after_seconds(states: Iterable[BackendState], now: float, settings: Settings) -> int:
+    """How long until the first unavailable backend may take traffic again (at least 1 s)."""
+    waits = [s.available_at(settings) - now for s in states]
+    waits = [w for w in waits if w > 0]
+    return max(1, int(min(waits) + 0.999)) if waits else 1

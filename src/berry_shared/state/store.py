@@ -1,0 +1,89 @@
+"""The state store interface: SmartAI statistics, circuit states and rate-limit counters.
+
+The hot path reads and updates the store's local view synchronously (no awaits for
+statistics); a store that shares state (DynamoDB) syncs that view in the background. Only the
+two operations that must be decided across instances are async: taking the half-open trial
+and counting a rate-limited request.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+from ..backend_state import BackendState, ErrorClass, new_state, record_failure, record_success
+from ..config import Settings
+
+
+@dataclass(frozen=True, slots=True)
+class StoreStatus:
+    kind: str
+    healthy: bool
+    detail: str = ""
+
+
+class StateStore(ABC):
+    kind = "abstract"
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._states: dict[str, BackendState] = {}
+
+    def state(self, key: str) -> BackendState:
+        """The local view of one backend (created on first sight with initial confidence)."""
+        state = self._states.get(key)
+        if state is None:
+            state = self._states[key] = new_state(self.settings)
+        return state
+
+    def record_success(self, key: str, latency_ms: float, now: float) -> None:
+        record_success(self.state(key), latency_ms, now, self.settings)
+
+    def record_failure(
+        self, key: str, error: ErrorClass, now: float, retry_after: float | None = None
+    ) -> None:
+        record_failure(self.state(key), error, now, self.settings, retry_after)
+
+    @abstractmethod
+    async def acquire_trial(self, key: str, now: float, lease_seconds: float) -> bool:
+        """Take the single half-open trial of a backend; False if someone else holds it."""
+
+    @abstractmethod
+    async def count_request(
+        self, user_id: str, windows: list[tuple[int, int]], now: float
+    ) -> float | None:
+        """Count one request against every ``(window_seconds, limit)``.
+
+        Returns None when the request is within all limits (and counts it), else the number
+        of seconds after which it would be allowed (and does not count it).
+        """
+
+    async def start(self) -> None:  # noqa: B027 - optional hook
+        """Connect and start background work, if the store has any."""
+
+    async def close(self) -> None:  # noqa: B027 - optional hook
+        """Flush and stop background work."""
+
+    @abstractmethod
+    def status(self) -> StoreStatus: ...
+
+
+def sliding_window_wait(
+    previous: int, current: int, limit: int, window: int, now: float
+) -> float | None:
+    """The two-window approximation of a sliding window.
+
+    The previous window's count is weighted by how much of it still overlaps the last
+    ``window`` seconds, so a burst at a window's edge cannot double the limit. Returns None
+    if one more request fits, else seconds until it would.
+    """
+    elapsed = now % window
+    overlap = 1.0 - elapsed / window
+    if previous * overlap + current + 1 <= limit:
+        return None
+    if current + 1 > limit:
+        # Even with the previous window forgotten this one is full: wait for the next.
+        return window - elapsed
+    # Wait until enough of the previous window has slid out of view.
+    needed = previous * overlap + current + 1 - limit
+    return min(window - elapsed, needed * window / previous) if previous else window - elapsed
