@@ -474,8 +474,12 @@ class DemoUpstream:
         if self._thread is not None:
             raise RuntimeError("DemoUpstream already started")
         # Bind ourselves so that port=0 yields a known port before the server runs.
+        # IPPROTO_TCP explicitly: asyncio sets TCP_NODELAY only on sockets whose proto says
+        # TCP, and without it every response waits ~40 ms for a delayed ACK.
         sock = socket.socket(
-            socket.AF_INET6 if ":" in self.host else socket.AF_INET, socket.SOCK_STREAM
+            socket.AF_INET6 if ":" in self.host else socket.AF_INET,
+            socket.SOCK_STREAM,
+            socket.IPPROTO_TCP,
         )
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((self.host, self.port))

@@ -46,7 +46,7 @@ def _serve(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    app = create_app(Gateway(config))
+    app = create_app(Gateway(config), background_probes=not args.no_probes)
     print(f"Berry serving {path} on http://{args.host}:{args.port}", file=sys.stderr)
     uvicorn.run(
         app,
@@ -82,6 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=30.0,
         help="seconds in-flight requests get to finish on shutdown",
+    )
+    serve.add_argument(
+        "--no-probes", action="store_true", help="do not probe backends in the background"
     )
     serve.set_defaults(run=_serve)
     check = commands.add_parser("check-config", help="validate a config file")

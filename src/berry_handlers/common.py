@@ -184,14 +184,19 @@ def build_app(
     gateway: Gateway | None = None,
     title: str = "Berry",
     gateway_factory: GatewayFactory = Gateway.from_config_file,
+    background_probes: bool = False,
 ) -> FastAPI:
-    """An app serving ``routers``; the gateway is the given one, or made at start-up."""
+    """An app serving ``routers``; the gateway is the given one, or made at start-up.
+
+    ``background_probes`` suits a long-running server only: a Lambda container is frozen
+    between invocations, so there the scheduled probe function does that work.
+    """
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
         own = gateway or gateway_factory()
         app.state.gateway = own
-        await own.start()
+        await own.start(background_probes)
         try:
             yield {}
         finally:

@@ -10,7 +10,7 @@ from . import admin, chat, health, models, smart_ai
 from .common import build_app
 
 
-def create_app(gateway: Gateway | None = None) -> FastAPI:
+def create_app(gateway: Gateway | None = None, background_probes: bool = False) -> FastAPI:
     """All routes; the gateway is the given one, or loaded from ``CONFIG_PATH`` at start-up."""
     return build_app(
         chat.router,
@@ -20,4 +20,5 @@ def create_app(gateway: Gateway | None = None) -> FastAPI:
         smart_ai.router,
         gateway=gateway,
         title="Berry",
+        background_probes=background_probes,
     )

@@ -45,6 +45,8 @@ class Directory:
                 "Missing bearer token: send an 'Authorization: Bearer <token>' header."
             )
         scheme, _, token = authorization.strip().partition(" ")
+        if "\t" in scheme:  # "Bearer<TAB>token"
+            scheme, _, token = scheme.partition("\t")
         token = token.strip()
         if scheme.lower() != "bearer" or not token:
             raise AuthenticationFailed("The Authorization header must be 'Bearer <token>'.")

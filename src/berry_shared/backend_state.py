@@ -33,6 +33,12 @@ class CircuitState(StrEnum):
 # Exponential moving average weight of a new latency sample.
 LATENCY_EMA_ALPHA = 0.2
 
+HOUR = 3600.0
+DAY = 24 * HOUR
+# Idle time -> how much of the distance from initial_confidence remains (Berry API's steps).
+DECAY_STEPS = ((HOUR, 1.0), (6 * HOUR, 0.95), (DAY, 0.9), (3 * DAY, 0.8))
+DECAY_FLOOR = 0.7
+
 
 @dataclass(slots=True)
 class BackendState:
@@ -65,6 +71,20 @@ class BackendState:
         return until
 
 
+def decayed_confidence(state: BackendState, now: float, settings: Settings) -> float:
+    """Old evidence fades: an idle backend's confidence drifts back toward the initial value."""
+    smart = settings.smart_ai
+    if not smart.enable_time_decay or not state.last_request_at:
+        return state.confidence
+    idle = now - state.last_request_at
+    keep = DECAY_FLOOR
+    for limit, fraction in DECAY_STEPS:
+        if idle < limit:
+            keep = fraction
+            break
+    return smart.initial_confidence + (state.confidence - smart.initial_confidence) * keep
+
+
 def new_state(settings: Settings) -> BackendState:
     return BackendState(confidence=settings.smart_ai.initial_confidence)
 
@@ -83,6 +103,9 @@ def penalty(error: ErrorClass, settings: Settings) -> float:
 
 def record_success(state: BackendState, latency_ms: float, now: float, settings: Settings) -> None:
     """A request succeeded: raise confidence, close the circuit, fold in the latency."""
+    # Faded evidence first, so a success never lowers what the selector saw (nor a failure
+    # raise it).
+    state.confidence = decayed_confidence(state, now, settings)
     state.confidence = min(
         1.0, state.confidence + settings.smart_ai.confidence_adjustments.success_boost
     )
@@ -104,18 +127,27 @@ def record_failure(
     settings: Settings,
     retry_after: float | None = None,
 ) -> None:
-    """A request failed: lower confidence by the class's penalty, maybe open the circuit."""
+    """A request failed: lower confidence by the class's penalty, maybe open the circuit.
+
+    A rate limit that says how long to wait is a cooldown, not a breakage: it does not count
+    toward the circuit breaker's consecutive failures.
+    """
+    state.confidence = decayed_confidence(state, now, settings)
     state.confidence = max(
         settings.smart_ai.min_confidence, state.confidence - penalty(error, settings)
     )
-    state.consecutive_failures += 1
+    cooldown = error is ErrorClass.RATE_LIMIT and bool(retry_after)
+    if not cooldown:
+        state.consecutive_failures += 1
     state.requests += 1
     state.failures += 1
     state.last_request_at = now
     state.last_error = error
     state.trial_until = 0.0
     was_trial = state.circuit(now, settings) is CircuitState.HALF_OPEN
-    if was_trial or state.consecutive_failures >= settings.circuit_breaker_failure_threshold:
+    if was_trial or (
+        not cooldown and state.consecutive_failures >= settings.circuit_breaker_failure_threshold
+    ):
         # A failed trial re-opens for a full timeout; so does reaching the threshold.
         state.opened_at = now
     if retry_after:

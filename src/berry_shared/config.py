@@ -1,8 +1,8 @@
 """Berry's configuration: Berry API's ``config.toml`` format, validated with pydantic.
 
 Loading does three things in order: parse TOML, replace ``${VAR}`` (or ``${VAR:-default}``)
-in every string from the environment, validate. Every problem is reported at once, one line each, naming the file, the
-key path and the reason, so a user fixes a bad file in one pass.
+in every string from the environment, validate. Every problem is reported at once, one line
+each, naming the file, the key path and the reason, so a user fixes a bad file in one pass.
 """
 
 from __future__ import annotations
@@ -100,7 +100,8 @@ class Settings(_Section):
 class Provider(_Section):
     name: Annotated[str, Field(min_length=1)]
     base_url: Annotated[str, Field(min_length=1)]
-    api_key: Annotated[str, Field(min_length=1, repr=False)]
+    # Empty for a provider that wants no key (a local Ollama or vLLM): no Authorization sent.
+    api_key: Annotated[str, Field(repr=False)]
     models: Annotated[list[str], Field(min_length=1)]
     headers: dict[str, str] = {}
     enabled: bool = True
@@ -111,8 +112,8 @@ class Provider(_Section):
     @field_validator("base_url")
     @classmethod
     def _http_url(cls, value: str) -> str:
-        if not re.match(r"^https?://[^\s/]+", value):
-            raise ValueError("must start with http:// or https:// and name a host")
+        if not re.fullmatch(r"https?://[^\s/?#]+(/\S*)?", value):
+            raise ValueError("must be an http:// or https:// URL with a host and no spaces")
         return value
 
     @field_validator("headers")
@@ -205,6 +206,11 @@ class Config(_Section):
                     f"models.{public_names[model.name]}"
                 )
             public_names[model.name] = key
+            if model.name != key and model.name in self.models:
+                problems.append(
+                    f"models.{key}.name: {model.name!r} is the key of another model "
+                    "(allowed_models could not tell them apart)"
+                )
             seen: set[str] = set()
             for index, backend in enumerate(model.backends):
                 where = f"models.{key}.backends[{index}]"
@@ -269,8 +275,8 @@ def _interpolate(value: Any, env: Mapping[str, str], path: str, missing: list[st
                 return value
             if default is not None:
                 return default
-            if value is None:
-                missing.append(f"{path}: environment variable {name} is not set")
+            state = "is not set" if value is None else "is empty"
+            missing.append(f"{path}: environment variable {name} {state}")
             return ""
 
         return _VARIABLE.sub(replace, value)
@@ -308,17 +314,20 @@ def parse_config(
     """Validate already-parsed TOML data, interpolating ``${VAR}`` from ``env``."""
     missing: list[str] = []
     resolved = _interpolate(dict(data), os.environ if env is None else env, "", missing)
-    if missing:
-        raise ConfigError(source, missing)
+    problems = list(missing)
+    unset_paths = {line.partition(": ")[0] for line in missing}
     try:
-        return Config.model_validate(resolved)
+        config = Config.model_validate(resolved)
     except ValidationError as exc:
-        problems: list[str] = []
         for error in exc.errors(include_url=False, include_input=False):
             # Cross-reference problems arrive as one error with one line per problem.
             for line in _describe(error).splitlines():
-                problems.append(line)
-        raise ConfigError(source, problems) from None
+                # An unset variable already explains why its key is empty.
+                if line.partition(": ")[0] not in unset_paths:
+                    problems.append(line)
+    if problems:
+        raise ConfigError(source, problems)
+    return config
 
 
 def resolve_config_path(explicit: str | os.PathLike[str] | None = None) -> Path:
@@ -336,7 +345,7 @@ def load_config(
     except OSError as exc:
         raise ConfigError(str(file), [f"cannot read the file: {exc.strerror or exc}"]) from None
     try:
-        data = tomllib.loads(raw.decode("utf-8"))
+        data = tomllib.loads(raw.decode("utf-8-sig"))  # editors on Windows may add a BOM
     except UnicodeDecodeError:
         raise ConfigError(str(file), ["the file is not valid UTF-8"]) from None
     except tomllib.TOMLDecodeError as exc:

@@ -12,6 +12,7 @@ import time
 from .auth import Directory
 from .config import Config, load_config
 from .metrics import Metrics
+from .probe import BackgroundProbes, HealthProber
 from .relay import Relay
 from .smart_ai import Candidate
 from .state import StateStore, create_store
@@ -27,6 +28,8 @@ class Gateway:
         self.upstream = UpstreamClient(config.providers)
         self.metrics = Metrics()
         self.relay = Relay(config, self.directory, self.store, self.upstream, self.metrics)
+        self.prober = HealthProber(config, self.store, self.upstream)
+        self._background_probes = BackgroundProbes(self.prober)
         self.started_at = time.time()
         self.metrics.watch_backends(self._backend_gauges)
 
@@ -34,10 +37,15 @@ class Gateway:
     def from_config_file(cls, path: str | os.PathLike[str] | None = None) -> Gateway:
         return cls(load_config(path))
 
-    async def start(self) -> None:
+    async def start(self, background_probes: bool = False) -> None:
+        """Connect the store; a long-running process also probes backends in the background
+        (on Lambda a scheduled function calls ``prober.run_once`` instead)."""
         await self.store.start()
+        if background_probes:
+            self._background_probes.start()
 
     async def close(self) -> None:
+        await self._background_probes.stop()
         await self.upstream.close()
         await self.store.close()
 

@@ -8,6 +8,7 @@ before a backend has produced its first byte, so every failure up to then can fa
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -190,7 +191,7 @@ class Relay:
         if limits is not None and (windows := limits.windows()):
             wait = await self.store.count_request(caller.user_id, windows, now)
             if wait is not None:
-                seconds = max(1, int(wait + 0.999))
+                seconds = max(1, math.ceil(wait))
                 raise RateLimited(
                     f"Rate limit exceeded for your token; retry after {seconds} s.",
                     headers={"Retry-After": str(seconds)},
@@ -263,7 +264,11 @@ class Relay:
             if request.stream:
                 return self._respond_stream(attempt, candidate, tally, started)
             return self._respond(attempt, candidate, tally, started)
-        raise self._all_failed(request, tally, deadline)
+        error = self._all_failed(request, tally, deadline)
+        overhead = (time.perf_counter() - started - tally.upstream_seconds) * 1000
+        error.headers["x-berry-attempts"] = str(tally.attempts)
+        error.headers["x-berry-overhead-ms"] = f"{max(overhead, 0.0):.2f}"
+        raise error
 
     async def _attempt(
         self, candidate: Candidate, body: bytes, stream: bool, budget: float
@@ -418,7 +423,7 @@ class Relay:
             )
         if failures and all(f.error is ErrorClass.RATE_LIMIT for _, f in failures):
             waits = [f.retry_after for _, f in failures if f.retry_after]
-            wait = max(1, int(min(waits) + 0.999)) if waits else 1
+            wait = max(1, math.ceil(min(waits))) if waits else 1
             return RateLimited(
                 f"Every backend for '{request.model}' is rate limited upstream. {summary}",
                 code="upstream_rate_limited",

@@ -8,27 +8,32 @@ and spreads the rest in proportion to weight, so weaker backends keep being meas
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from .backend_state import BackendState, CircuitState
+from .backend_state import (  # noqa: F401 - decay names re-exported for callers
+    DAY,
+    DECAY_FLOOR,
+    DECAY_STEPS,
+    HOUR,
+    BackendState,
+    CircuitState,
+    decayed_confidence,
+)
 from .config import Backend, Settings
 
 # Confidence below this counts as unhealthy; its factor is the floor below.
 UNHEALTHY_CONFIDENCE = 0.3
 FLOOR_FACTOR = 0.05
-# How much slower than the fastest backend a backend may be before its weight shrinks, and
-# the least a latency factor can be, so a slow backend is demoted, never starved.
+# Latencies are compared with this added to both sides, so jitter of a few milliseconds
+# between equally good backends does not move weights; a second's difference does.
+LATENCY_GRACE_MS = 100.0
+# The least a latency factor can be, so a slow backend is demoted, never starved.
 MIN_LATENCY_FACTOR = 0.25
 # Weights closer than this are a tie, shared evenly, so equal backends split traffic evenly.
 TIE_TOLERANCE = 1e-9
-
-HOUR = 3600.0
-DAY = 24 * HOUR
-# Idle time -> how much of the distance from initial_confidence remains (Berry API's steps).
-DECAY_STEPS = ((HOUR, 1.0), (6 * HOUR, 0.95), (DAY, 0.9), (3 * DAY, 0.8))
-DECAY_FLOOR = 0.7
 
 _RNG = random.Random()
 
@@ -44,25 +49,12 @@ def confidence_factor(confidence: float) -> float:
     return FLOOR_FACTOR
 
 
-def decayed_confidence(state: BackendState, now: float, settings: Settings) -> float:
-    """Old evidence fades: an idle backend's confidence drifts back toward the initial value."""
-    smart = settings.smart_ai
-    if not smart.enable_time_decay or not state.last_request_at:
-        return state.confidence
-    idle = now - state.last_request_at
-    keep = DECAY_FLOOR
-    for limit, fraction in DECAY_STEPS:
-        if idle < limit:
-            keep = fraction
-            break
-    return smart.initial_confidence + (state.confidence - smart.initial_confidence) * keep
-
-
 def latency_factor(latency_ms: float | None, fastest_ms: float | None) -> float:
     if latency_ms is None or fastest_ms is None or latency_ms <= fastest_ms:
         return 1.0
     # Square root: twice as slow costs ~30% of the weight, not half of it.
-    return max(MIN_LATENCY_FACTOR, ((fastest_ms + 1.0) / (latency_ms + 1.0)) ** 0.5)
+    ratio = (fastest_ms + LATENCY_GRACE_MS) / (latency_ms + LATENCY_GRACE_MS)
+    return max(MIN_LATENCY_FACTOR, ratio**0.5)
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,4 +184,4 @@ def retry_after_seconds(states: Iterable[BackendState], now: float, settings: Se
     """How long until the first unavailable backend may take traffic again (at least 1 s)."""
     waits = [s.available_at(settings) - now for s in states]
     waits = [w for w in waits if w > 0]
-    return max(1, int(min(waits) + 0.999)) if waits else 1
+    return max(1, math.ceil(min(waits))) if waits else 1

@@ -32,7 +32,8 @@ class Target:
 
 def build_target(provider: Provider) -> Target:
     headers: CIMultiDict[str] = CIMultiDict(provider.headers)
-    headers["Authorization"] = f"Bearer {provider.api_key}"
+    if provider.api_key:
+        headers["Authorization"] = f"Bearer {provider.api_key}"
     headers["Content-Type"] = "application/json"
     return Target(
         chat_url=URL(provider.api_base + "/chat/completions"),

@@ -17,8 +17,10 @@ class MemoryStateStore(StateStore):
 
     async def acquire_trial(self, key: str, now: float, lease_seconds: float) -> bool:
         state = self.state(key)
-        if state.circuit(now, self.settings) is not CircuitState.HALF_OPEN:
-            return True
+        circuit = state.circuit(now, self.settings)
+        if circuit is not CircuitState.HALF_OPEN:
+            # Closed: no trial needed. Open: it re-opened since the request was planned.
+            return circuit is CircuitState.CLOSED
         if state.trial_until > now:
             return False
         state.trial_until = now + lease_seconds

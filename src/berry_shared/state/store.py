@@ -46,7 +46,11 @@ class StateStore(ABC):
 
     @abstractmethod
     async def acquire_trial(self, key: str, now: float, lease_seconds: float) -> bool:
-        """Take the single half-open trial of a backend; False if someone else holds it."""
+        """Take the single half-open trial of a backend.
+
+        True for a closed circuit (no trial needed); False if another request holds the
+        trial, or if the circuit is open again (a trial failed since the request was planned).
+        """
 
     @abstractmethod
     async def count_request(
@@ -68,22 +72,31 @@ class StateStore(ABC):
     def status(self) -> StoreStatus: ...
 
 
+# Added to a computed wait so that a client waiting exactly that long is admitted, whatever
+# the float rounding of timestamps.
+WAIT_MARGIN_SECONDS = 0.001
+
+
 def sliding_window_wait(
     previous: int, current: int, limit: int, window: int, now: float
 ) -> float | None:
-    """The two-window approximation of a sliding window.
+    """The two-window approximation of a sliding window (as Cloudflare's rate limiter).
 
-    The previous window's count is weighted by how much of it still overlaps the last
-    ``window`` seconds, so a burst at a window's edge cannot double the limit. Returns None
-    if one more request fits, else seconds until it would.
+    The rate seen is the current window's count plus the previous window's count weighted by
+    how much of it still overlaps the last ``window`` seconds; a request is admitted while
+    that rate is below ``limit``. A burst at a window's edge therefore cannot double the
+    limit, and steady demand gets ``limit`` requests per window. Returns None if one more
+    request fits, else the seconds until it would, assuming nothing else is admitted.
     """
     elapsed = now % window
-    overlap = 1.0 - elapsed / window
-    if previous * overlap + current + 1 <= limit:
+    remaining = window - elapsed
+    if previous * (1.0 - elapsed / window) + current < limit:
         return None
-    if current + 1 > limit:
-        # Even with the previous window forgotten this one is full: wait for the next.
-        return window - elapsed
-    # Wait until enough of the previous window has slid out of view.
-    needed = previous * overlap + current + 1 - limit
-    return min(window - elapsed, needed * window / previous) if previous else window - elapsed
+    if current < limit and previous:
+        # It fits later in this window, once enough of the previous one has slid away.
+        wait = (previous * (1.0 - elapsed / window) + current - limit) * window / previous
+        if wait < remaining:
+            return wait + WAIT_MARGIN_SECONDS
+    # Not in this window: in the next one this window's count becomes the weighted previous.
+    slide = (1.0 - limit / current) * window if current >= limit else 0.0
+    return remaining + slide + WAIT_MARGIN_SECONDS

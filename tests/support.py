@@ -1,0 +1,144 @@
+"""Real servers on loopback for the tests: Berry's app under uvicorn in a thread, configs."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "local"))
+
+from berry_handlers.local import create_app  # noqa: E402
+from berry_shared.config import Config, parse_config  # noqa: E402
+from berry_shared.gateway import Gateway  # noqa: E402
+from demo_upstream import DemoUpstream  # noqa: E402
+
+ADMIN_TOKEN = "test-admin-token-0123456789"
+USER_TOKEN = "test-user-token-0123456789"
+PROVIDER_KEY_PREFIX = "sk-upstream-secret-"
+
+
+def provider_key(name: str) -> str:
+    """Each provider's API key: a recognisable secret that must never leak."""
+    return f"{PROVIDER_KEY_PREFIX}{name}-7f3a9c"
+
+
+class ServerThread:
+    """Any ASGI app under uvicorn on its own thread and loop, on a free loopback port."""
+
+    def __init__(self, app: Any, **config: Any) -> None:
+        self.app = app
+        self.config = config
+        self.port = 0
+        self._server: uvicorn.Server | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> ServerThread:
+        # IPPROTO_TCP: asyncio sets TCP_NODELAY only then (else ~40 ms delayed-ACK stalls).
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", 0))
+        self.port = sock.getsockname()[1]
+        config = uvicorn.Config(
+            self.app,
+            log_level="warning",
+            access_log=False,
+            loop="asyncio",
+            timeout_graceful_shutdown=2,
+            **self.config,
+        )
+        server = self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(
+            target=asyncio.run, args=(server.serve(sockets=[sock]),), daemon=True
+        )
+        self._thread.start()
+        deadline = time.monotonic() + 10
+        while not server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("server failed to start")
+            time.sleep(0.005)
+        return self
+
+    def stop(self) -> None:
+        if self._server is None or self._thread is None:
+            return
+        self._server.should_exit = True
+        self._thread.join(10)
+        self._server = self._thread = None
+
+
+class Berry(ServerThread):
+    """A running Berry with direct access to its gateway (state, metrics) for assertions."""
+
+    def __init__(self, config: Config) -> None:
+        self.gateway = Gateway(config)
+        super().__init__(create_app(self.gateway))
+
+    @property
+    def base_url(self) -> str:
+        return f"{self.url}/v1"
+
+    def state(self, backend_key: str) -> Any:
+        return self.gateway.store.state(backend_key)
+
+
+def build_config(
+    upstreams: dict[str, DemoUpstream],
+    models: dict[str, list[dict[str, Any]]] | None = None,
+    settings: dict[str, Any] | None = None,
+    users: dict[str, dict[str, Any]] | None = None,
+    smart_ai: dict[str, Any] | None = None,
+) -> Config:
+    """A config with one provider per upstream (id = the dict key).
+
+    ``models`` maps a public model name to its backends (``{"provider": id, ...}``); the
+    default is one model, "test-model", served by every upstream with weight 1.
+    """
+    providers = {
+        pid: {
+            "name": f"Provider {pid}",
+            "base_url": upstream.base_url,
+            "api_key": provider_key(pid),
+            "models": ["up-model", "other-model", "third-model"],
+        }
+        for pid, upstream in upstreams.items()
+    }
+    if models is None:
+        models = {"test-model": [{"provider": pid} for pid in upstreams]}
+    model_section = {
+        name.replace(".", "-"): {
+            "name": name,
+            "backends": [{"model": "up-model", **backend} for backend in backends],
+        }
+        for name, backends in models.items()
+    }
+    settings_section: dict[str, Any] = {
+        "request_timeout_seconds": 10,
+        "circuit_breaker_timeout_seconds": 60,
+        **(settings or {}),
+    }
+    if smart_ai:
+        settings_section["smart_ai"] = smart_ai
+    users_section = users or {
+        "admin": {"name": "Admin", "token": ADMIN_TOKEN},
+        "user": {"name": "User", "token": USER_TOKEN, "allowed_models": list(model_section)},
+    }
+    return parse_config(
+        {
+            "settings": settings_section,
+            "providers": providers,
+            "models": model_section,
+            "users": users_section,
+        }
+    )
