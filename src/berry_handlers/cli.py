@@ -46,7 +46,12 @@ def _serve(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    app = create_app(Gateway(config), background_probes=not args.no_probes)
+    try:
+        gateway = Gateway(config)
+    except ValueError as exc:  # e.g. an unknown BERRY_STATE_STORE
+        print(f"cannot start: {exc}", file=sys.stderr)
+        return 1
+    app = create_app(gateway, background_probes=not args.no_probes)
     print(f"Berry serving {path} on http://{args.host}:{args.port}", file=sys.stderr)
     uvicorn.run(
         app,

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from ..backend_state import CircuitState
 from ..config import Settings
-from .store import StateStore, StoreStatus, sliding_window_wait
+from .store import StateStore, StoreStatus, sliding_window_wait, take_local_trial
 
 
 class MemoryStateStore(StateStore):
@@ -16,15 +15,7 @@ class MemoryStateStore(StateStore):
         self._windows: dict[tuple[str, int], list[int]] = {}
 
     async def acquire_trial(self, key: str, now: float, lease_seconds: float) -> bool:
-        state = self.state(key)
-        circuit = state.circuit(now, self.settings)
-        if circuit is not CircuitState.HALF_OPEN:
-            # Closed: no trial needed. Open: it re-opened since the request was planned.
-            return circuit is CircuitState.CLOSED
-        if state.trial_until > now:
-            return False
-        state.trial_until = now + lease_seconds
-        return True
+        return take_local_trial(self.state(key), now, lease_seconds, self.settings)
 
     def _window(self, user_id: str, window: int, now: float) -> list[int]:
         index = int(now // window)

@@ -11,7 +11,14 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
-from ..backend_state import BackendState, ErrorClass, new_state, record_failure, record_success
+from ..backend_state import (
+    BackendState,
+    CircuitState,
+    ErrorClass,
+    new_state,
+    record_failure,
+    record_success,
+)
 from ..config import Settings
 
 
@@ -72,6 +79,20 @@ class StateStore(ABC):
     def status(self) -> StoreStatus: ...
 
 
+def take_local_trial(
+    state: BackendState, now: float, lease_seconds: float, settings: Settings
+) -> bool:
+    """The trial rule on one process's view: closed needs none, open gets none, half-open
+    gives one lease at a time."""
+    circuit = state.circuit(now, settings)
+    if circuit is not CircuitState.HALF_OPEN:
+        return circuit is CircuitState.CLOSED
+    if state.trial_until > now:
+        return False
+    state.trial_until = now + lease_seconds
+    return True
+
+
 # Added to a computed wait so that a client waiting exactly that long is admitted, whatever
 # the float rounding of timestamps.
 WAIT_MARGIN_SECONDS = 0.001
@@ -84,8 +105,11 @@ def sliding_window_wait(
 
     The rate seen is the current window's count plus the previous window's count weighted by
     how much of it still overlaps the last ``window`` seconds; a request is admitted while
-    that rate is below ``limit``. A burst at a window's edge therefore cannot double the
-    limit, and steady demand gets ``limit`` requests per window. Returns None if one more
+    that rate is below ``limit``. A burst at a window's edge is therefore not followed by
+    another burst at the start of the next window (fixed windows would allow both: double the
+    limit within a second), and steady demand gets ``limit`` requests per window. A client
+    that spreads its retries over the next window can still reach up to twice the limit in
+    the worst rolling minute, the known price of the approximation. Returns None if one more
     request fits, else the seconds until it would, assuming nothing else is admitted.
     """
     elapsed = now % window

@@ -1,0 +1,90 @@
+"""Pytest fixtures for DynamoDB Local (see local/dynamodb_local.py).
+
+Import them into a conftest or a test module::
+
+    from dynamodb import dynamodb_env, dynamodb_local, restartable_dynamodb  # noqa: F401
+
+- ``dynamodb_local`` (session): one in-memory server shared by every test; tests isolate
+  themselves by table name.
+- ``dynamodb_env`` (function): points this process's env (Berry, boto3) at that server with a
+  fresh table name; ``.env`` holds the same variables for subprocesses.
+- ``restartable_dynamodb`` (function): a private server with its data in ``tmp_path``, to stop
+  and ``restart()`` (same port, data kept) in outage tests without disturbing other tests.
+"""
+
+from __future__ import annotations
+
+import sys
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT / "local") not in sys.path:
+    sys.path.insert(0, str(ROOT / "local"))
+
+from dynamodb_local import DynamoDBLocal, DynamoDBLocalError, berry_env  # noqa: E402
+
+__all__ = [
+    "DynamoDBEnv",
+    "DynamoDBLocal",
+    "DynamoDBLocalError",
+    "dynamodb_env",
+    "dynamodb_local",
+    "restartable_dynamodb",
+]
+
+
+@dataclass(frozen=True)
+class DynamoDBEnv:
+    endpoint: str
+    table: str
+    env: dict[str, str]
+
+
+# The session server is shared by reference count: if both a conftest and a test module import
+# the fixture, pytest sees two session fixtures, and they must not start two servers or stop the
+# server under each other.
+_shared: DynamoDBLocal | None = None
+_shared_users = 0
+
+
+@pytest.fixture(scope="session")
+def dynamodb_local() -> Iterator[DynamoDBLocal]:
+    global _shared, _shared_users
+    if _shared is None or not _shared.running:
+        _shared = DynamoDBLocal().start()
+    server = _shared
+    _shared_users += 1
+    try:
+        yield server
+    finally:
+        _shared_users -= 1
+        if _shared_users == 0:
+            server.stop()
+            _shared = None
+
+
+@pytest.fixture
+def dynamodb_env(
+    dynamodb_local: DynamoDBLocal, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[DynamoDBEnv]:
+    table = f"berry-test-{uuid.uuid4().hex[:8]}"
+    env = berry_env(dynamodb_local.endpoint, table)
+    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    yield DynamoDBEnv(endpoint=dynamodb_local.endpoint, table=table, env=dict(env))
+
+
+@pytest.fixture
+def restartable_dynamodb(tmp_path: Path) -> Iterator[DynamoDBLocal]:
+    server = DynamoDBLocal(db_path=tmp_path / "dynamodb-data").start()
+    try:
+        yield server
+    finally:
+        server.stop()
