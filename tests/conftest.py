@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from berry_shared.config import Config
+from dynamodb import dynamodb_env, dynamodb_local, restartable_dynamodb  # noqa: F401
 from support import Berry, DemoUpstream, build_config
 
 
