@@ -161,6 +161,10 @@ def test_stream_cut_after_it_started_ends_with_an_sse_error(make_upstream, start
     sdk = openai.OpenAI(base_url=berry.base_url, api_key=USER_TOKEN, max_retries=0)
     with pytest.raises(openai.APIError):
         list(sdk.chat.completions.create(model="test-model", messages=MESSAGES, stream=True))
+    # The server records the broken stream as it finishes, just after the client saw the event.
+    deadline = time.monotonic() + 2
+    while berry.state("only:up-model").failures < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
     assert berry.state("only:up-model").failures == 2
 
 
