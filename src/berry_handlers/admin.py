@@ -5,12 +5,12 @@ from __future__ import annotations
 import orjson
 from fastapi import APIRouter, Depends
 from fastapi.responses import Response
-from mangum import Mangum
 
 from berry_shared import reports
 from berry_shared.errors import ModelNotFound
 
 from .common import GatewayDep, admin_only, build_app, json_response
+from .serverless import lambda_handler
 
 router = APIRouter(prefix="/admin", dependencies=[Depends(admin_only)])
 
@@ -37,4 +37,4 @@ async def system_stats(gateway: GatewayDep) -> Response:
 
 
 app = build_app(router, title="Berry admin")
-handler = Mangum(app)
+handler = lambda_handler(app, "admin")

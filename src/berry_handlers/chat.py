@@ -6,11 +6,11 @@ import time
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
-from mangum import Mangum
 
 from berry_shared.relay import parse_chat_request
 
 from .common import CallerDep, GatewayDep, RelayStreamingResponse, build_app, read_body
+from .serverless import lambda_handler
 
 router = APIRouter()
 
@@ -32,4 +32,4 @@ async def chat_completions(request: Request, gateway: GatewayDep, caller: Caller
 
 
 app = build_app(router, title="Berry chat")
-handler = Mangum(app)
+handler = lambda_handler(app, "chat")

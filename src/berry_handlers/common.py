@@ -6,6 +6,7 @@ function each); the local server builds one app with every router.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -19,6 +20,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from berry_shared.auth import Caller
+from berry_shared.config import ConfigError
 from berry_shared.errors import BerryError, PayloadTooLarge, PermissionDenied, error_json
 from berry_shared.gateway import Gateway
 
@@ -47,12 +49,66 @@ def error_response(
 # -- dependencies ---------------------------------------------------------------------------
 
 
-def get_gateway(request: Request) -> Gateway:
-    return request.app.state.gateway
+class GatewayHolder:
+    """An app's gateway, made and started once per process.
+
+    Under uvicorn that happens at start-up (lifespan). Mangum runs lifespan around every
+    single invocation, so Lambda apps turn it off and the first request makes the gateway:
+    once per container, kept warm for the invocations that follow.
+    """
+
+    def __init__(
+        self, factory: GatewayFactory, gateway: Gateway | None, background_probes: bool
+    ) -> None:
+        self._factory = factory
+        self.gateway = gateway
+        self._given = gateway is not None
+        self._background_probes = background_probes
+        self._started = False
+        self._lock: asyncio.Lock | None = None
+
+    def set_factory(self, factory: GatewayFactory) -> None:
+        self._factory = factory
+
+    async def get(self) -> Gateway:
+        if self._started and self.gateway is not None:
+            return self.gateway
+        self._lock = self._lock or asyncio.Lock()
+        async with self._lock:
+            if not self._started:
+                try:
+                    gateway = self.gateway or self._factory()
+                except ConfigError as exc:
+                    for problem in exc.problems:
+                        logger.error("config: %s", problem)
+                    raise ServiceMisconfigured(
+                        "Berry's configuration is invalid; the operator must fix it (see logs)."
+                    ) from None
+                await gateway.start(self._background_probes)
+                self.gateway, self._started = gateway, True
+        assert self.gateway is not None
+        return self.gateway
+
+    async def close(self) -> None:
+        if self._started and self.gateway is not None:
+            await self.gateway.close()
+        self._started = False
+        if not self._given:
+            self.gateway = None  # the next start reads the config again
 
 
-def authenticated(request: Request) -> Caller:
-    gateway: Gateway = request.app.state.gateway
+class ServiceMisconfigured(BerryError):
+    status_code = 503
+    error_type = "service_unavailable"
+    code = "configuration_error"
+
+
+async def get_gateway(request: Request) -> Gateway:
+    holder: GatewayHolder = request.app.state.gateway_holder
+    return await holder.get()
+
+
+def authenticated(request: Request, gateway: Annotated[Gateway, Depends(get_gateway)]) -> Caller:
     return gateway.directory.authenticate(request.headers.get("authorization"))
 
 
@@ -145,7 +201,8 @@ class MetricsMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        gateway: Gateway | None = getattr(scope["app"].state, "gateway", None)
+        holder: GatewayHolder | None = getattr(scope["app"].state, "gateway_holder", None)
+        gateway = holder.gateway if holder is not None else None
         if gateway is None:
             await self.app(scope, receive, send)
             return
@@ -186,25 +243,23 @@ def build_app(
     gateway_factory: GatewayFactory = Gateway.from_config_file,
     background_probes: bool = False,
 ) -> FastAPI:
-    """An app serving ``routers``; the gateway is the given one, or made at start-up.
+    """An app serving ``routers``; the gateway is the given one, or made from the config.
 
     ``background_probes`` suits a long-running server only: a Lambda container is frozen
     between invocations, so there the scheduled probe function does that work.
     """
+    holder = GatewayHolder(gateway_factory, gateway, background_probes)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
-        own = gateway or gateway_factory()
-        app.state.gateway = own
-        await own.start(background_probes)
+        await holder.get()
         try:
             yield {}
         finally:
-            await own.close()
+            await holder.close()
 
     app = FastAPI(title=title, lifespan=lifespan, docs_url=None, redoc_url=None)
-    if gateway is not None:
-        app.state.gateway = gateway
+    app.state.gateway_holder = holder
     for router in routers:
         app.include_router(router)
     app.add_exception_handler(BerryError, _berry_error)

@@ -6,12 +6,12 @@ from __future__ import annotations
 import orjson
 from fastapi import APIRouter
 from fastapi.responses import HTMLResponse, Response
-from mangum import Mangum
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from berry_shared import reports
 
 from .common import GatewayDep, build_app, json_response
+from .serverless import lambda_handler
 from .status_page import render_status_page
 
 router = APIRouter()
@@ -46,4 +46,4 @@ async def prometheus(gateway: GatewayDep) -> Response:
 
 
 app = build_app(router, title="Berry health and metrics")
-handler = Mangum(app)
+handler = lambda_handler(app, "health")

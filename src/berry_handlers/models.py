@@ -5,9 +5,9 @@ from __future__ import annotations
 import orjson
 from fastapi import APIRouter
 from fastapi.responses import Response
-from mangum import Mangum
 
 from .common import CallerDep, GatewayDep, build_app, json_response
+from .serverless import lambda_handler
 
 router = APIRouter()
 
@@ -24,4 +24,4 @@ async def list_models(gateway: GatewayDep, caller: CallerDep) -> Response:
 
 
 app = build_app(router, title="Berry models")
-handler = Mangum(app)
+handler = lambda_handler(app, "models")

@@ -5,12 +5,12 @@ from __future__ import annotations
 import orjson
 from fastapi import APIRouter
 from fastapi.responses import Response
-from mangum import Mangum
 
 from berry_shared import reports
 from berry_shared.errors import ModelNotFound
 
 from .common import GatewayDep, build_app, json_response
+from .serverless import lambda_handler
 
 router = APIRouter(prefix="/smart-ai")
 
@@ -30,4 +30,4 @@ async def model_weights(gateway: GatewayDep, model: str) -> Response:
 
 
 app = build_app(router, title="Berry SmartAI")
-handler = Mangum(app)
+handler = lambda_handler(app, "smart-ai")

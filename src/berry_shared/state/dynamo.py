@@ -139,6 +139,7 @@ class DynamoStateStore(StateStore):
         self._down_reason = ""
         self._retry_at = 0.0
         self._last_sync = 0.0
+        self._last_flush = 0.0
 
     # -- recording (hot path: memory only) --------------------------------------------------
 
@@ -338,6 +339,16 @@ class DynamoStateStore(StateStore):
             await asyncio.wait_for(self.sync(read=False), timeout=3)  # last deltas
         self._executor.shutdown(wait=False)
 
+    async def flush(self) -> None:
+        await self.sync(read=False)
+
+    async def settle(self) -> None:
+        if not self._pending:
+            return
+        urgent = self._urgent is not None and self._urgent.is_set()
+        if urgent or time.monotonic() - self._last_flush >= SYNC_INTERVAL_SECONDS:
+            await self.sync(read=False)
+
     async def _run(self) -> None:
         assert self._urgent is not None
         next_read = 0.0
@@ -359,6 +370,7 @@ class DynamoStateStore(StateStore):
         if not self._store_usable():
             return
         batch, self._pending = self._pending, {}
+        self._last_flush = time.monotonic()
         try:
             items = await self._call(self._exchange, batch, read)
         except Exception as exc:

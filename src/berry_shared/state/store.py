@@ -75,6 +75,13 @@ class StateStore(ABC):
     async def close(self) -> None:  # noqa: B027 - optional hook
         """Flush and stop background work."""
 
+    async def flush(self) -> None:  # noqa: B027 - optional hook
+        """Send everything recorded so far to shared storage, now."""
+
+    async def settle(self) -> None:  # noqa: B027 - optional hook
+        """Flush if the regular interval has passed. For hosts that freeze the process
+        between requests (Lambda), where background timers do not run."""
+
     @abstractmethod
     def status(self) -> StoreStatus: ...
 

@@ -1,0 +1,376 @@
+"""Every Lambda handler, invoked in-process as the runtime would: API Gateway REST (v1) and
+HTTP API (v2) proxy events, a Lambda context, a real demo upstream and DynamoDB Local."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import importlib
+import json
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+import pytest
+
+from berry_handlers.serverless import load_secrets
+from berry_shared.state.dynamo import make_client
+from support import ADMIN_TOKEN, PROVIDER_KEY_PREFIX, USER_TOKEN, DemoUpstream
+
+GROUPS = ("chat", "models", "health", "admin", "smart_ai", "probe")
+MESSAGES = [{"role": "user", "content": "hello lambda"}]
+
+
+@dataclass
+class LambdaContext:
+    """What the Lambda runtime hands a handler (the fields powertools reads)."""
+
+    function_name: str = "berry-chat"
+    function_version: str = "$LATEST"
+    invoked_function_arn: str = "arn:aws:lambda:us-east-1:123456789012:function:berry-chat"
+    memory_limit_in_mb: int = 512
+    aws_request_id: str = ""
+    log_group_name: str = "/aws/lambda/berry-chat"
+    log_stream_name: str = "2026/11/24/[$LATEST]abc"
+
+    def __post_init__(self) -> None:
+        self.aws_request_id = self.aws_request_id or str(uuid.uuid4())
+
+    def get_remaining_time_in_millis(self) -> int:
+        return 30_000
+
+
+def rest_event(
+    method: str,
+    path: str,
+    body: Any = None,
+    token: str | None = USER_TOKEN,
+    resource: str | None = None,
+    query: dict[str, str] | None = None,
+    base64_body: bool = False,
+) -> dict[str, Any]:
+    """An API Gateway REST API (payload 1.0) proxy event."""
+    headers = {
+        "Host": "abc123.execute-api.us-east-1.amazonaws.com",
+        "Content-Type": "application/json",
+        "User-Agent": "OpenAI/Python 1.0",
+    }
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    raw = None if body is None else (body if isinstance(body, bytes) else orjson.dumps(body))
+    return {
+        "resource": resource or path,
+        "path": path,
+        "httpMethod": method,
+        "headers": headers,
+        "multiValueHeaders": {k: [v] for k, v in headers.items()},
+        "queryStringParameters": query,
+        "multiValueQueryStringParameters": {k: [v] for k, v in query.items()} if query else None,
+        "pathParameters": None,
+        "stageVariables": None,
+        "requestContext": {
+            "resourcePath": resource or path,
+            "httpMethod": method,
+            "path": f"/prod{path}",
+            "stage": "prod",
+            "requestId": str(uuid.uuid4()),
+            "accountId": "123456789012",
+            "apiId": "abc123",
+            "protocol": "HTTP/1.1",
+            "requestTimeEpoch": 1795550000000,
+            "identity": {"sourceIp": "203.0.113.7", "userAgent": "OpenAI/Python 1.0"},
+        },
+        "body": None
+        if raw is None
+        else (base64.b64encode(raw).decode() if base64_body else raw.decode()),
+        "isBase64Encoded": base64_body,
+    }
+
+
+def http_event(
+    method: str, path: str, body: Any = None, token: str | None = USER_TOKEN, query: str = ""
+) -> dict[str, Any]:
+    """An API Gateway HTTP API (payload 2.0) event."""
+    headers = {
+        "host": "xyz789.execute-api.us-east-1.amazonaws.com",
+        "content-type": "application/json",
+        "user-agent": "curl/8.0",
+    }
+    if token:
+        headers["authorization"] = f"Bearer {token}"
+    return {
+        "version": "2.0",
+        "routeKey": f"{method} {path}",
+        "rawPath": path,
+        "rawQueryString": query,
+        "headers": headers,
+        "requestContext": {
+            "accountId": "123456789012",
+            "apiId": "xyz789",
+            "domainName": headers["host"],
+            "requestId": str(uuid.uuid4()),
+            "routeKey": f"{method} {path}",
+            "stage": "$default",
+            "time": "24/Nov/2026:20:00:00 +0000",
+            "timeEpoch": 1795550000000,
+            "http": {
+                "method": method,
+                "path": path,
+                "protocol": "HTTP/1.1",
+                "sourceIp": "203.0.113.7",
+                "userAgent": "curl/8.0",
+            },
+        },
+        "body": None if body is None else orjson.dumps(body).decode(),
+        "isBase64Encoded": False,
+    }
+
+
+def schedule_event() -> dict[str, Any]:
+    return {
+        "version": "0",
+        "id": str(uuid.uuid4()),
+        "detail-type": "Scheduled Event",
+        "source": "aws.events",
+        "account": "123456789012",
+        "time": "2026-11-24T20:00:00Z",
+        "region": "us-east-1",
+        "detail": {},
+        "resources": ["arn:aws:events:us-east-1:123456789012:rule/berry-probe"],
+    }
+
+
+@pytest.fixture(scope="module")
+def lambda_env(dynamodb_local, tmp_path_factory) -> Iterator[dict[str, Any]]:
+    """One Lambda "deployment": config file, env vars, upstreams, a fresh table and loop."""
+    good = DemoUpstream().start()
+    good.behaviour.name = "good"
+    flaky = DemoUpstream().start()
+    flaky.behaviour.name = "flaky"
+    config = tmp_path_factory.mktemp("lambda") / "config.toml"
+    config.write_text(f"""
+[settings]
+circuit_breaker_failure_threshold = 1
+[providers.good]
+name = "Good"
+base_url = "{good.base_url}"
+api_key = "${{GOOD_KEY}}"
+models = ["up-model"]
+[providers.flaky]
+name = "Flaky"
+base_url = "{flaky.base_url}"
+api_key = "{PROVIDER_KEY_PREFIX}flaky"
+models = ["up-model"]
+[models.m]
+name = "test-model"
+[[models.m.backends]]
+provider = "good"
+model = "up-model"
+[[models.m.backends]]
+provider = "flaky"
+model = "up-model"
+[users.admin]
+name = "Admin"
+token = "{ADMIN_TOKEN}"
+[users.user]
+name = "User"
+token = "{USER_TOKEN}"
+allowed_models = ["m"]
+""")
+    table = f"berry-lambda-{uuid.uuid4().hex[:8]}"
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)  # the runtime's one loop, which Mangum reuses
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in {
+            **dynamodb_local.env(table),
+            "CONFIG_PATH": str(config),
+            "GOOD_KEY": f"{PROVIDER_KEY_PREFIX}good",
+            "POWERTOOLS_SERVICE_NAME": "berry",
+            "POWERTOOLS_METRICS_NAMESPACE": "Berry",
+        }.items():
+            patch.setenv(name, value)
+        modules = {g: importlib.import_module(f"berry_handlers.{g}") for g in GROUPS}
+        yield {
+            "modules": modules,
+            "good": good,
+            "flaky": flaky,
+            "table": table,
+            "endpoint": dynamodb_local.endpoint,
+        }
+        for module in modules.values():
+            loop.run_until_complete(module.app.state.gateway_holder.close())
+    good.stop()
+    flaky.stop()
+    loop.close()
+    asyncio.set_event_loop(None)
+
+
+def invoke(lambda_env, group: str, event: dict[str, Any]) -> dict[str, Any]:
+    handler = lambda_env["modules"][group].handler
+    return handler(event, LambdaContext(function_name=f"berry-{group}"))
+
+
+def header(response: dict[str, Any], name: str) -> str:
+    return {k.lower(): v for k, v in response["headers"].items()}[name]
+
+
+@pytest.mark.parametrize("make_event", [rest_event, http_event], ids=["rest-v1", "http-v2"])
+def test_chat_non_stream(lambda_env, make_event) -> None:
+    body = {"model": "test-model", "messages": MESSAGES, "backend": "good"}
+    response = invoke(lambda_env, "chat", make_event("POST", "/v1/chat/completions", body))
+    assert response["statusCode"] == 200
+    assert header(response, "x-berry-backend") == "good:up-model"
+    assert header(response, "x-berry-attempts") == "1"
+    completion = json.loads(response["body"])
+    assert completion["choices"][0]["message"]["content"] == "Hello from demo upstream (good)"
+    forwarded = lambda_env["good"].stats()["last_request"]["headers"]["authorization"]
+    assert forwarded == f"Bearer {PROVIDER_KEY_PREFIX}good"  # the ${GOOD_KEY} from the env
+
+
+@pytest.mark.parametrize("make_event", [rest_event, http_event], ids=["rest-v1", "http-v2"])
+def test_chat_stream_is_a_complete_sse_body_under_mangum(lambda_env, make_event) -> None:
+    body = {"model": "test-model", "messages": MESSAGES, "stream": True, "backend": "good"}
+    response = invoke(lambda_env, "chat", make_event("POST", "/v1/chat/completions", body))
+    assert response["statusCode"] == 200
+    assert header(response, "content-type").startswith("text/event-stream")
+    events = [line for line in response["body"].splitlines() if line.startswith("data: ")]
+    assert events[-1] == "data: [DONE]"
+    text = "".join(
+        orjson.loads(e[6:])["choices"][0]["delta"].get("content", "") for e in events[:-1]
+    )
+    assert text == "Hello from demo upstream (good)"
+
+
+def test_chat_with_a_base64_body_and_bad_input(lambda_env) -> None:
+    body = {"model": "test-model", "messages": MESSAGES, "backend": "good"}
+    event = rest_event("POST", "/v1/chat/completions", body, base64_body=True)
+    assert invoke(lambda_env, "chat", event)["statusCode"] == 200
+    broken = invoke(lambda_env, "chat", rest_event("POST", "/v1/chat/completions", b"{nope"))
+    assert broken["statusCode"] == 400
+    assert json.loads(broken["body"])["error"]["code"] == "invalid_json"
+    anonymous = invoke(
+        lambda_env, "chat", http_event("POST", "/v1/chat/completions", body, token=None)
+    )
+    assert anonymous["statusCode"] == 401
+    assert "Traceback" not in broken["body"] + anonymous["body"]
+
+
+@pytest.mark.parametrize("path", ["/v1/models", "/models"])
+def test_models(lambda_env, path) -> None:
+    for event in (rest_event("GET", path), http_event("GET", path)):
+        response = invoke(lambda_env, "models", event)
+        assert response["statusCode"] == 200
+        assert [m["id"] for m in json.loads(response["body"])["data"]] == ["test-model"]
+
+
+def test_health_routes(lambda_env) -> None:
+    for path in ("/health", "/v1/health", "/metrics", "/prometheus", "/"):
+        response = invoke(lambda_env, "health", http_event("GET", path, token=None))
+        assert response["statusCode"] == 200, path
+    health = json.loads(invoke(lambda_env, "health", rest_event("GET", "/health"))["body"])
+    assert health["state_store"]["kind"] == "dynamodb"
+    assert health["state_store"]["healthy"] is True
+    page = invoke(lambda_env, "health", rest_event("GET", "/", token=None))
+    assert "<title>Berry status</title>" in page["body"]
+
+
+def test_admin_routes(lambda_env) -> None:
+    path = "/admin/model-weights"
+    denied = invoke(lambda_env, "admin", http_event("GET", path))
+    assert denied["statusCode"] == 403
+    for route in ("/admin/model-weights", "/admin/backend-health", "/admin/system-stats"):
+        response = invoke(lambda_env, "admin", rest_event("GET", route, token=ADMIN_TOKEN))
+        assert response["statusCode"] == 200, route
+    filtered = invoke(
+        lambda_env, "admin", http_event("GET", path, token=ADMIN_TOKEN, query="model=test-model")
+    )
+    assert list(json.loads(filtered["body"])["models"]) == ["m"]
+    unknown = invoke(
+        lambda_env, "admin", rest_event("GET", path, token=ADMIN_TOKEN, query={"model": "nope"})
+    )
+    assert unknown["statusCode"] == 404
+
+
+def test_smart_ai_routes_share_the_state_the_chat_function_wrote(lambda_env) -> None:
+    body = {"model": "test-model", "messages": MESSAGES, "backend": "good"}
+    invoke(lambda_env, "chat", rest_event("POST", "/v1/chat/completions", body))
+    time.sleep(1.05)  # a container flushes its successes at most once a second
+    invoke(lambda_env, "chat", rest_event("POST", "/v1/chat/completions", body))
+    # A different function (its own gateway, like its own container) reads the shared view.
+    response = invoke(
+        lambda_env,
+        "smart_ai",
+        rest_event(
+            "GET",
+            "/smart-ai/models/test-model/weights",
+            token=None,
+            resource="/smart-ai/models/{proxy+}",
+        ),
+    )
+    assert response["statusCode"] == 200
+    backends = json.loads(response["body"])["models"][0]["backends"]
+    good = next(b for b in backends if b["provider"] == "good")
+    assert good["health_details"]["total_requests"] >= 1
+    assert (
+        invoke(lambda_env, "smart_ai", http_event("GET", "/smart-ai/weights", token=None))[
+            "statusCode"
+        ]
+        == 200
+    )
+
+
+def test_scheduled_probe_heals_and_flushes_to_dynamodb(lambda_env) -> None:
+    flaky = lambda_env["flaky"]
+    flaky.behaviour.mode = "fail"
+    body = {"model": "test-model", "messages": MESSAGES, "backend": "flaky"}
+    failed = invoke(lambda_env, "chat", rest_event("POST", "/v1/chat/completions", body))
+    assert failed["statusCode"] == 502  # pinned to the failing backend: its circuit opens
+    flaky.behaviour.mode = "ok"
+    summary = invoke(lambda_env, "probe", schedule_event())
+    assert "flaky:up-model" in summary["healthy"]
+    assert summary["failed"] == {}
+    item = make_client(lambda_env["endpoint"]).get_item(
+        TableName=lambda_env["table"],
+        Key={"pk": {"S": "backend"}, "sk": {"S": "flaky:up-model"}},
+        ConsistentRead=True,
+    )["Item"]
+    assert float(item["opened_at"]["N"]) == 0  # the probe's success closed the circuit
+    assert int(item["consec"]["N"]) == 0
+
+
+def test_logs_are_json_without_secrets_and_metrics_are_emf(lambda_env, capsys) -> None:
+    body = {"model": "test-model", "messages": MESSAGES}
+    invoke(lambda_env, "chat", rest_event("POST", "/v1/chat/completions", body))
+    invoke(lambda_env, "chat", rest_event("POST", "/v1/chat/completions", b"{bad"))
+    out = capsys.readouterr().out
+    emf = [json.loads(line) for line in out.splitlines() if '"_aws"' in line]
+    assert emf, out
+    names = {
+        m["Name"] for doc in emf for d in doc["_aws"]["CloudWatchMetrics"] for m in d["Metrics"]
+    }
+    assert {"Requests", "BackendAttempts", "GatewayOverhead", "ClientErrors"} <= names
+    assert all(doc["route_group"] == "chat" for doc in emf if "Requests" in doc)
+    for secret in (USER_TOKEN, ADMIN_TOKEN, PROVIDER_KEY_PREFIX, "hello lambda"):
+        assert secret not in out
+
+
+def test_secrets_fill_the_environment_without_overriding() -> None:
+    environ = {"BERRY_SECRETS_ID": "berry/prod", "BERRY_SSM_PATH": "/berry/prod", "ALREADY": "kept"}
+    asked: list[str] = []
+
+    def from_secret(name: str) -> dict[str, Any]:
+        asked.append(name)
+        return {"OPENAI_API_KEY": "sk-from-secret", "ALREADY": "ignored"}
+
+    def from_path(path: str) -> dict[str, Any]:
+        asked.append(path)
+        return {"ANTHROPIC_KEY": "from-ssm"}
+
+    loaded = load_secrets(environ, from_secret, from_path)
+    assert asked == ["berry/prod", "/berry/prod"]
+    assert sorted(loaded) == ["ANTHROPIC_KEY", "OPENAI_API_KEY"]
+    assert environ["OPENAI_API_KEY"] == "sk-from-secret" and environ["ALREADY"] == "kept"
+    assert load_secrets({}, from_secret, from_path) == [] and len(asked) == 2
