@@ -63,6 +63,7 @@ def _serve(args: argparse.Namespace) -> int:
         loop="uvloop" if importlib.util.find_spec("uvloop") else "asyncio",
         http="httptools" if importlib.util.find_spec("httptools") else "h11",
         timeout_graceful_shutdown=args.graceful_timeout,
+        server_header=False,
     )
     return 0
 

@@ -108,11 +108,15 @@ async def get_gateway(request: Request) -> Gateway:
     return await holder.get()
 
 
-def authenticated(request: Request, gateway: Annotated[Gateway, Depends(get_gateway)]) -> Caller:
+# Dependencies are async on purpose: FastAPI runs a sync one in a worker thread, a thread hop
+# per request that cost the hot path about a tenth of its throughput.
+async def authenticated(
+    request: Request, gateway: Annotated[Gateway, Depends(get_gateway)]
+) -> Caller:
     return gateway.directory.authenticate(request.headers.get("authorization"))
 
 
-def admin_only(caller: Annotated[Caller, Depends(authenticated)]) -> Caller:
+async def admin_only(caller: Annotated[Caller, Depends(authenticated)]) -> Caller:
     if not caller.is_admin:
         raise PermissionDenied("This endpoint is for admin tokens only.", code="admin_required")
     return caller
@@ -231,6 +235,62 @@ class MetricsMiddleware:
             metrics.http_requests.labels(scope["method"], endpoint, str(status)).inc()
 
 
+class CORSMiddleware:
+    """CORS from the config's ``cors_allow_origins``, read per request because a Lambda app
+    loads its config on the first request, after the middleware stack is built. Off (no
+    CORS headers, preflights refused) unless origins are configured."""
+
+    ALLOW_HEADERS = "authorization, content-type, openai-organization, openai-project"
+    EXPOSE_HEADERS = "x-berry-backend, x-berry-attempts, x-berry-overhead-ms, retry-after"
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        origin = _header(scope, b"origin") if scope["type"] == "http" else None
+        if origin is None:
+            await self.app(scope, receive, send)
+            return
+        holder: GatewayHolder = scope["app"].state.gateway_holder
+        allowed = (await holder.get()).settings.cors_allow_origins
+        permitted = "*" in allowed or origin in allowed
+        if scope["method"] == "OPTIONS" and _header(scope, b"access-control-request-method"):
+            status = 204 if permitted else 403
+            headers = [(b"vary", b"Origin"), (b"content-length", b"0")]
+            if permitted:
+                headers += [
+                    (b"access-control-allow-origin", origin.encode()),
+                    (b"access-control-allow-methods", b"GET, POST, OPTIONS"),
+                    (b"access-control-allow-headers", self.ALLOW_HEADERS.encode()),
+                    (b"access-control-max-age", b"600"),
+                ]
+            await send({"type": "http.response.start", "status": status, "headers": headers})
+            await send({"type": "http.response.body", "body": b""})
+            return
+        if not permitted:
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_cors(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [
+                    *message.get("headers", []),
+                    (b"access-control-allow-origin", origin.encode()),
+                    (b"access-control-expose-headers", self.EXPOSE_HEADERS.encode()),
+                    (b"vary", b"Origin"),
+                ]
+            await send(message)
+
+        await self.app(scope, receive, send_with_cors)
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope["headers"]:
+        if key == name:
+            return value.decode("latin-1")
+    return None
+
+
 # -- the app factory ------------------------------------------------------------------------
 
 GatewayFactory = Callable[[], Gateway]
@@ -266,5 +326,6 @@ def build_app(
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(Exception, _unexpected_error)
+    app.add_middleware(CORSMiddleware)
     app.add_middleware(MetricsMiddleware)
     return app

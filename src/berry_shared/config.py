@@ -93,6 +93,8 @@ class Settings(_Section):
     max_internal_retries: Annotated[int, Field(ge=0, le=10)] = 2
     health_check_timeout_seconds: PositiveSeconds = 10
     max_request_body_bytes: Annotated[int, Field(ge=1024)] = 10 * 1024 * 1024
+    # Browser origins allowed to call Berry (CORS); empty = CORS off. "*" allows any origin.
+    cors_allow_origins: list[Annotated[str, Field(pattern=r"^(\*|https?://[^/\s]+)$")]] = []
     state_store: Literal["memory", "dynamodb"] = "memory"
     smart_ai: SmartAISettings = SmartAISettings()
 

@@ -94,7 +94,7 @@ class HealthProber:
         error: ErrorClass | None = None
         try:
             async with asyncio.timeout(timeout):
-                response = await self.upstream.post_chat(backend.provider, body, timeout)
+                response = await self.upstream.post_chat(backend.provider, body)
                 async with response:
                     await response.read()
                     # A 400 (say, max_tokens unsupported) still proves the backend is up.

@@ -280,7 +280,7 @@ class Relay:
         while True:
             try:
                 async with asyncio.timeout(budget - (time.perf_counter() - started)):
-                    response = await self.upstream.post_chat(backend.provider, body, budget)
+                    response = await self.upstream.post_chat(backend.provider, body)
                     try:
                         first, usage = await self._first_bytes(response, stream)
                     except BaseException:

@@ -27,7 +27,8 @@ class Target:
     chat_url: URL
     models_url: URL
     headers: CIMultiDict[str]
-    timeout_seconds: float
+    # Between two reads of an answer; the relay bounds the wait for the first bytes itself.
+    read_timeout: aiohttp.ClientTimeout
 
 
 def build_target(provider: Provider) -> Target:
@@ -39,7 +40,7 @@ def build_target(provider: Provider) -> Target:
         chat_url=URL(provider.api_base + "/chat/completions"),
         models_url=URL(provider.api_base + "/models"),
         headers=headers,
-        timeout_seconds=provider.timeout_seconds,
+        read_timeout=aiohttp.ClientTimeout(total=None, sock_read=provider.timeout_seconds),
     )
 
 
@@ -67,16 +68,11 @@ class UpstreamClient:
             self._loop = loop
         return self._session
 
-    async def post_chat(
-        self, provider_id: str, body: bytes, read_timeout: float
-    ) -> aiohttp.ClientResponse:
+    async def post_chat(self, provider_id: str, body: bytes) -> aiohttp.ClientResponse:
         """Send a chat request; the caller reads the answer and must release it."""
         target = self.targets[provider_id]
         return await self.session().post(
-            target.chat_url,
-            data=body,
-            headers=target.headers,
-            timeout=aiohttp.ClientTimeout(total=None, sock_read=read_timeout),
+            target.chat_url, data=body, headers=target.headers, timeout=target.read_timeout
         )
 
     async def close(self) -> None:
