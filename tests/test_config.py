@@ -114,6 +114,7 @@ SETTINGS_DEFAULTS = {
     "health_check_timeout_seconds": 10,
     # SPEC sections 6 and 8
     "max_request_body_bytes": 10 * 1024 * 1024,
+    "cors_allow_origins": [],
     "state_store": "memory",
 }
 SMART_AI_DEFAULTS = {

@@ -218,21 +218,17 @@ class MetricsMiddleware:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                route = scope.get("route")
-                endpoint = getattr(route, "path", "unmatched")
-                metrics.http_duration.labels(scope["method"], endpoint).observe(
-                    time.perf_counter() - started
-                )
+                endpoint = getattr(scope.get("route"), "path", "unmatched")
+                metrics.http_headers_sent(scope["method"], endpoint, time.perf_counter() - started)
             await send(message)
 
-        metrics.in_flight.inc()
+        metrics.in_flight += 1
         try:
             await self.app(scope, receive, send_with_status)
         finally:
-            metrics.in_flight.dec()
-            route = scope.get("route")
-            endpoint = getattr(route, "path", "unmatched")
-            metrics.http_requests.labels(scope["method"], endpoint, str(status)).inc()
+            metrics.in_flight -= 1
+            endpoint = getattr(scope.get("route"), "path", "unmatched")
+            metrics.http_answered(scope["method"], endpoint, status)
 
 
 class CORSMiddleware:

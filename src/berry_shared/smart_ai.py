@@ -163,7 +163,9 @@ def plan_attempts(
         first = trials[0]
     else:
         tier = _preferred_tier(usable)
-        if rng.random() < settings.smart_ai.exploration_ratio:
+        if len(tier) == 1:
+            first = tier[0]
+        elif rng.random() < settings.smart_ai.exploration_ratio:
             first = rng.choices(tier, weights=[c.effective_weight for c in tier])[0]
         else:
             top = max(c.effective_weight for c in tier)
