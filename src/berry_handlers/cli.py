@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import logging
+import signal
 import sys
 
 from berry_shared.config import ConfigError, load_config, resolve_config_path
@@ -52,6 +53,9 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"cannot start: {exc}", file=sys.stderr)
         return 1
     app = create_app(gateway, background_probes=not args.no_probes)
+    # uvicorn shuts down gracefully on SIGTERM, then re-raises it to the handler it found:
+    # make that handler a clean exit, so a drained shutdown exits 0, as supervisors expect.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     print(f"Berry serving {path} on http://{args.host}:{args.port}", file=sys.stderr)
     uvicorn.run(
         app,

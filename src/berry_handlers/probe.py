@@ -8,10 +8,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from aws_lambda_powertools.metrics import MetricUnit
-
 from .common import build_app
-from .serverless import gateway_from_lambda_environment, logger, metrics, tracer
+from .serverless import gateway_from_lambda_environment, instrumented, lazily, powertools
 
 # No routes: the app only holds this container's gateway, made once on the first tick.
 app = build_app(title="Berry probe", gateway_factory=gateway_from_lambda_environment)
@@ -28,14 +26,15 @@ async def probe_round() -> dict[str, Any]:
     }
 
 
-@logger.inject_lambda_context(clear_state=True)
-@tracer.capture_lambda_handler(capture_response=False)
-@metrics.log_metrics(capture_cold_start_metric=True)
-def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+def run_probes(event: dict[str, Any], context: Any) -> dict[str, Any]:
     summary = asyncio.get_event_loop().run_until_complete(probe_round())
-    metrics.add_dimension(name="route_group", value="probe")
-    metrics.add_metric(name="ProbesSent", unit=MetricUnit.Count, value=summary["probed"])
-    metrics.add_metric(name="ProbesFailed", unit=MetricUnit.Count, value=len(summary["failed"]))
+    tools = powertools()
+    tools.metrics.add_dimension(name="route_group", value="probe")
+    tools.metrics.add_metric(name="ProbesSent", unit=tools.count, value=summary["probed"])
+    tools.metrics.add_metric(name="ProbesFailed", unit=tools.count, value=len(summary["failed"]))
     if summary["failed"]:
-        logger.warning("probe failures", extra={"failed": summary["failed"]})
+        tools.logger.warning("probe failures", extra={"failed": summary["failed"]})
     return summary
+
+
+handler = lazily(lambda: instrumented(run_probes))

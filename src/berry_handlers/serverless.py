@@ -1,11 +1,13 @@
 """A route group on AWS Lambda: Mangum for the ASGI app, powertools around it.
 
-Each route group module ends with ``handler = lambda_handler(app, "<group>")``: a Mangum
-handler (lifespan off, see ``GatewayHolder``) decorated with powertools' Logger (JSON logs
-with the request id; the event is never logged, so no prompt or token reaches the logs),
-Tracer (X-Ray; responses are not captured) and Metrics (CloudWatch EMF, one line per
-invocation). Secrets reach the config's ``${VAR}`` through environment variables, filled at
-cold start from Secrets Manager (``BERRY_SECRETS_ID``) or SSM (``BERRY_SSM_PATH``).
+Each route group module ends with ``handler = lambda_handler(app, "<group>")``. On its first
+invocation the handler is built: a Mangum handler (lifespan off, see ``GatewayHolder``)
+decorated with powertools' Logger (JSON logs with the request id; the event is never logged,
+so no prompt or token reaches the logs), Tracer (X-Ray; responses are not captured) and
+Metrics (CloudWatch EMF, one line per invocation). Building it lazily keeps powertools out of
+``berry serve``, whose logging it would otherwise take over. Secrets reach the config's
+``${VAR}`` through environment variables, filled at cold start from Secrets Manager
+(``BERRY_SECRETS_ID``) or SSM (``BERRY_SSM_PATH``).
 """
 
 from __future__ import annotations
@@ -14,24 +16,69 @@ import asyncio
 import logging
 import os
 from collections.abc import Callable, MutableMapping
+from dataclasses import dataclass
+from functools import cache
 from typing import Any
 
-from aws_lambda_powertools import Logger, Metrics, Tracer
-from aws_lambda_powertools.logging.utils import copy_config_to_registered_loggers
-from aws_lambda_powertools.metrics import MetricUnit
 from fastapi import FastAPI
-from mangum import Mangum
 
 from berry_shared.gateway import Gateway
 
 from .common import GatewayHolder
 
 SERVICE = "berry"
-logger = Logger(service=SERVICE)
-tracer = Tracer(service=SERVICE, patch_modules=["botocore"])
-metrics = Metrics(namespace=os.environ.get("POWERTOOLS_METRICS_NAMESPACE", "Berry"))
 
 LambdaHandler = Callable[[dict[str, Any], Any], dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class Powertools:
+    logger: Any
+    tracer: Any
+    metrics: Any
+    count: Any  # MetricUnit.Count
+    milliseconds: Any  # MetricUnit.Milliseconds
+
+
+@cache
+def powertools() -> Powertools:
+    """Logger, Tracer and Metrics, made once per container, on Lambda only."""
+    from aws_lambda_powertools import Logger, Metrics, Tracer
+    from aws_lambda_powertools.metrics import MetricUnit
+
+    logger = Logger(service=SERVICE)
+    # The "berry" logger now writes JSON through powertools' handler; the runtime's root
+    # handler would print every line a second time.
+    logging.getLogger(SERVICE).propagate = False
+    # Mangum logs every request at INFO; Berry logs nothing per request at INFO.
+    logging.getLogger("mangum").setLevel(logging.WARNING)
+    return Powertools(
+        logger=logger,
+        tracer=Tracer(service=SERVICE, patch_modules=["botocore"]),
+        metrics=Metrics(namespace=os.environ.get("POWERTOOLS_METRICS_NAMESPACE", "Berry")),
+        count=MetricUnit.Count,
+        milliseconds=MetricUnit.Milliseconds,
+    )
+
+
+def instrumented(function: LambdaHandler) -> LambdaHandler:
+    """``function`` with powertools' logging context, tracing and metrics flushing."""
+    tools = powertools()
+    function = tools.metrics.log_metrics(capture_cold_start_metric=True)(function)
+    function = tools.tracer.capture_lambda_handler(capture_response=False)(function)
+    return tools.logger.inject_lambda_context(clear_state=True)(function)
+
+
+def lazily(build: Callable[[], LambdaHandler]) -> LambdaHandler:
+    """A Lambda entry point that builds the real handler on its first invocation."""
+    built: list[LambdaHandler] = []
+
+    def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+        if not built:
+            built.append(build())
+        return built[0](event, context)
+
+    return handler
 
 
 SecretFetcher = Callable[[str], dict[str, Any]]
@@ -76,27 +123,29 @@ def gateway_from_lambda_environment() -> Gateway:
     """The cold-start path: secrets into the environment, then the bundled or named config."""
     names = load_secrets()
     if names:
-        logger.info("loaded %d secret(s) into the environment", len(names))
+        logging.getLogger("berry").info("loaded %d secret(s) into the environment", len(names))
     return Gateway.from_config_file()
 
 
 def _record(route_group: str, response: dict[str, Any]) -> None:
+    tools = powertools()
+    metrics, count = tools.metrics, tools.count
     metrics.add_dimension(name="route_group", value=route_group)
-    metrics.add_metric(name="Requests", unit=MetricUnit.Count, value=1)
+    metrics.add_metric(name="Requests", unit=count, value=1)
     status = int(response.get("statusCode", 500))
     if status >= 500:
-        metrics.add_metric(name="ServerErrors", unit=MetricUnit.Count, value=1)
+        metrics.add_metric(name="ServerErrors", unit=count, value=1)
     elif status >= 400:
-        metrics.add_metric(name="ClientErrors", unit=MetricUnit.Count, value=1)
+        metrics.add_metric(name="ClientErrors", unit=count, value=1)
     headers = {k.lower(): v for k, v in (response.get("headers") or {}).items()}
     if "x-berry-attempts" in headers:
         metrics.add_metric(
-            name="BackendAttempts", unit=MetricUnit.Count, value=int(headers["x-berry-attempts"])
+            name="BackendAttempts", unit=count, value=int(headers["x-berry-attempts"])
         )
     if "x-berry-overhead-ms" in headers:
         metrics.add_metric(
             name="GatewayOverhead",
-            unit=MetricUnit.Milliseconds,
+            unit=tools.milliseconds,
             value=float(headers["x-berry-overhead-ms"]),
         )
 
@@ -111,18 +160,18 @@ def _settle(app: FastAPI) -> None:
 def lambda_handler(app: FastAPI, route_group: str) -> LambdaHandler:
     """The Lambda entry point for one route group's app."""
     app.state.gateway_holder.set_factory(gateway_from_lambda_environment)
-    asgi = Mangum(app, lifespan="off")
-    # Mangum logs every request at INFO; Berry logs nothing per request at INFO.
-    logging.getLogger("mangum").setLevel(logging.WARNING)
-    copy_config_to_registered_loggers(source_logger=logger, include={"berry"})
 
-    @logger.inject_lambda_context(clear_state=True)
-    @tracer.capture_lambda_handler(capture_response=False)
-    @metrics.log_metrics(capture_cold_start_metric=True)
-    def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
-        response = asgi(event, context)
-        _record(route_group, response)
-        _settle(app)
-        return response
+    def build() -> LambdaHandler:
+        from mangum import Mangum
 
-    return handler
+        asgi = Mangum(app, lifespan="off")
+
+        def invoke(event: dict[str, Any], context: Any) -> dict[str, Any]:
+            response = asgi(event, context)
+            _record(route_group, response)
+            _settle(app)
+            return response
+
+        return instrumented(invoke)
+
+    return lazily(build)

@@ -116,6 +116,8 @@ class Provider(_Section):
     def _http_url(cls, value: str) -> str:
         if not re.fullmatch(r"https?://[^\s/?#]+(/\S*)?", value):
             raise ValueError("must be an http:// or https:// URL with a host and no spaces")
+        if "@" in value.split("/", 3)[2]:
+            raise ValueError("must not carry credentials (user:password@); use api_key or headers")
         return value
 
     @field_validator("headers")

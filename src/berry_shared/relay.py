@@ -8,6 +8,7 @@ before a backend has produced its first byte, so every failure up to then can fa
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import time
 from collections.abc import AsyncIterator
@@ -36,10 +37,12 @@ from .upstream import (
     UpstreamClient,
     classify_exception,
     classify_status,
+    is_dropped_connection,
     parse_retry_after,
 )
 
 SSE_DONE = b"data: [DONE]"
+logger = logging.getLogger("berry.relay")
 
 
 class UpstreamFailed(BerryError):
@@ -287,16 +290,26 @@ class Relay:
                         response.close()
                         raise
                 return _Attempt(response, first, time.perf_counter() - started, usage)
-            except aiohttp.ServerDisconnectedError:
-                # A pooled keep-alive connection the server had already closed: not the
-                # backend's fault, so try it again on a fresh connection.
-                if internal_retries <= 0 or time.perf_counter() - started >= budget:
-                    raise _Failure(ErrorClass.NETWORK, "connection closed by the backend") from None
-                internal_retries -= 1
             except TRANSPORT_ERRORS as exc:
+                if is_dropped_connection(exc):
+                    # Most often a pooled keep-alive connection the backend had already
+                    # closed: not its fault, so try it again on a fresh connection.
+                    if internal_retries > 0 and time.perf_counter() - started < budget:
+                        internal_retries -= 1
+                        continue
+                    raise _Failure(
+                        ErrorClass.NETWORK, "connection dropped by the backend"
+                    ) from None
                 error = classify_exception(exc)
                 detail = "timed out" if error is ErrorClass.TIMEOUT else "connection failed"
                 raise _Failure(error, detail) from None
+            except (_Failure, _ClientMistake):
+                raise
+            except (
+                Exception
+            ) as exc:  # a bug or an odd answer must cost one backend, not the request
+                logger.warning("unexpected %s from backend %s", type(exc).__name__, backend.key)
+                raise _Failure(ErrorClass.SERVER, "unexpected error") from None
 
     async def _first_bytes(
         self, response: aiohttp.ClientResponse, stream: bool

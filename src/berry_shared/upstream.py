@@ -9,6 +9,7 @@ largest cost, so Berry uses aiohttp directly, through this one small module.
 from __future__ import annotations
 
 import asyncio
+import errno
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -104,6 +105,16 @@ def classify_exception(exc: BaseException) -> ErrorClass:
     if isinstance(exc, TimeoutError | aiohttp.ServerTimeoutError):
         return ErrorClass.TIMEOUT
     return ErrorClass.NETWORK
+
+
+def is_dropped_connection(exc: BaseException) -> bool:
+    """The connection ended before any answer: closed or reset, typically a stale pooled one."""
+    if isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientConnectionResetError):
+        return True
+    return isinstance(exc, aiohttp.ClientOSError) and exc.errno in (
+        errno.ECONNRESET,
+        errno.EPIPE,
+    )
 
 
 def parse_retry_after(value: str | None) -> float | None:
