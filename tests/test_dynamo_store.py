@@ -157,3 +157,21 @@ async def test_unreachable_at_start_up_still_serves(dynamodb_env) -> None:
         assert await store.count_request("dave", [(60, 1)], time.time()) is None
     finally:
         await store.close()
+
+
+async def test_a_batch_resent_after_a_lost_answer_counts_once(dynamodb_env) -> None:
+    store = await started(dynamodb_env)
+    try:
+        store.record_success("p:m", 5.0, time.time())
+        store.record_success("p:m", 5.0, time.time())
+        batch, store._pending = dict(store._pending), {}
+        # DynamoDB applied the batch but its answer never arrived: the resend uses the same
+        # idempotency token, as sync() does with every unacknowledged batch.
+        created = time.time()
+        store._send("token-1", batch, created)
+        store._send("token-1", batch, created)
+        assert int(shared_item(dynamodb_env, "p:m")["requests"]["N"]) == 2
+        store._send("token-2", batch, created)  # a genuinely new batch counts
+        assert int(shared_item(dynamodb_env, "p:m")["requests"]["N"]) == 4
+    finally:
+        await store.close()

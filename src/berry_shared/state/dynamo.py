@@ -2,8 +2,10 @@
 
 The hot path never waits on DynamoDB for statistics. Each outcome updates this instance's
 in-memory view at once and adds to a per-backend delta; a background task sends the deltas
-with atomic ``UpdateItem ... ADD`` (at least every second, and right away after a failure)
-and reads the shared view back about once a second. Circuit transitions and half-open trial
+as atomic ``ADD`` updates in one ``TransactWriteItems`` (at least every second, and right
+away after a failure) and reads the shared view back about once a second. Each batch carries
+an idempotency token, so a batch resent after an unclear failure (DynamoDB applied it, the
+answer was lost) is not counted twice. Circuit transitions and half-open trial
 leases are conditional writes, so two instances never both take a trial or lose an opening.
 Rate limits are one conditional write per request for users that have limits.
 
@@ -25,6 +27,7 @@ import contextlib
 import logging
 import math
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -43,6 +46,8 @@ URGENT_COALESCE_SECONDS = 0.02
 OUTAGE_BACKOFF_SECONDS = 2.0
 BACKEND_TTL_SECONDS = 30 * 86400
 BACKENDS_PK = "backend"
+# TransactWriteItems takes at most 100 actions.
+MAX_TRANSACTION_ITEMS = 100
 
 
 def _n(value: float | int) -> dict[str, str]:
@@ -73,25 +78,6 @@ class BackendDelta:
     closed_epoch: float = 0.0
     opened_at: float = 0.0
     reopened_epoch: float = 0.0
-
-    def merge(self, newer: BackendDelta) -> None:
-        """Fold a later delta into this one (after a failed flush)."""
-        self.confidence += newer.confidence
-        self.requests += newer.requests
-        self.failures += newer.failures
-        if newer.reset_consecutive:
-            self.reset_consecutive = True
-            self.consecutive = newer.consecutive
-        else:
-            self.consecutive += newer.consecutive
-        self.latency_ms = newer.latency_ms if newer.latency_ms is not None else self.latency_ms
-        self.last_request_at = max(self.last_request_at, newer.last_request_at)
-        self.last_error = newer.last_error or self.last_error
-        self.cooldown_until = max(self.cooldown_until, newer.cooldown_until)
-        if newer.closed_epoch:
-            self.closed_epoch = newer.closed_epoch
-        if newer.opened_at:
-            self.opened_at, self.reopened_epoch = newer.opened_at, newer.reopened_epoch
 
 
 def make_client(endpoint: str | None) -> Any:
@@ -131,6 +117,10 @@ class DynamoStateStore(StateStore):
         self._client = client
         self._executor = ThreadPoolExecutor(4, thread_name_prefix="berry-dynamodb")
         self._pending: dict[str, BackendDelta] = {}
+        # Batches taken from _pending but not yet acknowledged, each with its idempotency token.
+        # (token, batch, time of the batch): a resend must be byte-for-byte the same request.
+        self._unsent: list[tuple[str, dict[str, BackendDelta], float]] = []
+        self._sync_lock: asyncio.Lock | None = None
         self._local = MemoryStateStore(settings)  # rate limits while DynamoDB is out
         self._previous_counts: dict[tuple[str, int, int], int] = {}
         self._urgent: asyncio.Event | None = None
@@ -343,7 +333,7 @@ class DynamoStateStore(StateStore):
         await self.sync(read=False)
 
     async def settle(self) -> None:
-        if not self._pending:
+        if not self._pending and not self._unsent:
             return
         urgent = self._urgent is not None and self._urgent.is_set()
         if urgent or time.monotonic() - self._last_flush >= SYNC_INTERVAL_SECONDS:
@@ -369,29 +359,30 @@ class DynamoStateStore(StateStore):
         """Send pending deltas, then (if ``read``) adopt the shared view."""
         if not self._store_usable():
             return
-        batch, self._pending = self._pending, {}
-        self._last_flush = time.monotonic()
-        try:
-            items = await self._call(self._exchange, batch, read)
-        except Exception as exc:
-            for key, delta in batch.items():
-                newer = self._pending.get(key)
-                if newer is not None:
-                    delta.merge(newer)
-                self._pending[key] = delta
-            self._went_down(exc)
-            return
-        self._came_back()
-        self._last_sync = time.time()
-        if items is not None:
-            self._adopt(items)
+        self._sync_lock = self._sync_lock or asyncio.Lock()
+        async with self._sync_lock:
+            pending, self._pending = list(self._pending.items()), {}
+            now = time.time()
+            for start in range(0, len(pending), MAX_TRANSACTION_ITEMS):
+                # A token per batch makes a resend after an unclear failure idempotent.
+                chunk = dict(pending[start : start + MAX_TRANSACTION_ITEMS])
+                self._unsent.append((uuid.uuid4().hex, chunk, now))
+            self._last_flush = time.monotonic()
+            try:
+                items = await self._call(self._exchange, read)
+            except Exception as exc:
+                self._went_down(exc)  # the unsent batches wait, tokens and all
+                return
+            self._came_back()
+            self._last_sync = time.time()
+            if items is not None:
+                self._adopt(items)
 
-    def _exchange(
-        self, batch: dict[str, BackendDelta], read: bool
-    ) -> dict[str, dict[str, Any]] | None:
-        now = time.time()
-        for key, delta in batch.items():
-            self._send(key, delta, now)
+    def _exchange(self, read: bool) -> dict[str, dict[str, Any]] | None:
+        while self._unsent:  # the loop thread waits for us: no one else touches the list
+            token, batch, created = self._unsent[0]
+            self._send(token, batch, created)
+            self._unsent.pop(0)
         if not read:
             return None
         items: dict[str, dict[str, Any]] = {}
@@ -406,11 +397,53 @@ class DynamoStateStore(StateStore):
             for item in page.get("Items", []):
                 items[item["sk"]["S"]] = item
             if "LastEvaluatedKey" not in page:
-                return items
+                break
             query["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+        for key, item in items.items():
+            self._clamp_shared(key, item)
+        return items
 
-    def _send(self, key: str, delta: BackendDelta, now: float) -> None:
-        item_key = {"pk": {"S": BACKENDS_PK}, "sk": {"S": key}}
+    def _send(self, token: str, batch: dict[str, BackendDelta], now: float) -> None:
+        """One batch: every backend's counters in one idempotent transaction, then the
+        circuit transitions, each conditional on the state this instance saw."""
+        self._client.transact_write_items(
+            TransactItems=[{"Update": self._delta_update(k, d, now)} for k, d in batch.items()],
+            ClientRequestToken=token,
+        )
+        failed = self._client.exceptions.ConditionalCheckFailedException
+        for key, delta in batch.items():
+            item_key = {"pk": {"S": BACKENDS_PK}, "sk": {"S": key}}
+            if delta.closed_epoch and not delta.opened_at:
+                # Close only the opening we saw; a newer one (another instance) stands.
+                with contextlib.suppress(failed):
+                    self._client.update_item(
+                        TableName=self.table,
+                        Key=item_key,
+                        UpdateExpression="SET opened_at = :zero, trial_until = :zero",
+                        ConditionExpression="opened_at = :epoch",
+                        ExpressionAttributeValues={
+                            ":zero": _n(0),
+                            ":epoch": _n(delta.closed_epoch),
+                        },
+                    )
+            if delta.opened_at:
+                with contextlib.suppress(failed):
+                    self._client.update_item(
+                        TableName=self.table,
+                        Key=item_key,
+                        UpdateExpression="SET opened_at = :now, trial_until = :zero",
+                        ConditionExpression=(
+                            "attribute_not_exists(opened_at) OR opened_at = :zero "
+                            "OR opened_at = :seen"
+                        ),
+                        ExpressionAttributeValues={
+                            ":now": _n(delta.opened_at),
+                            ":zero": _n(0),
+                            ":seen": _n(delta.reopened_epoch),
+                        },
+                    )
+
+    def _delta_update(self, key: str, delta: BackendDelta, now: float) -> dict[str, Any]:
         values: dict[str, Any] = {
             ":conf": _n(delta.confidence),
             ":requests": _n(delta.requests),
@@ -437,55 +470,29 @@ class DynamoStateStore(StateStore):
         if delta.cooldown_until:
             sets.append("cooldown_until = :cooldown")
             values[":cooldown"] = _n(delta.cooldown_until)
-        new = self._client.update_item(
-            TableName=self.table,
-            Key=item_key,
-            UpdateExpression=f"SET {', '.join(sets)} ADD {', '.join(adds)}",
-            ExpressionAttributeNames={"#ttl": "ttl"},
-            ExpressionAttributeValues=values,
-            ReturnValues="ALL_NEW",
-        )["Attributes"]
-        failed = self._client.exceptions.ConditionalCheckFailedException
-        if delta.closed_epoch and not delta.opened_at:
-            # Close only the opening we saw; a newer one (another instance) stands.
-            with contextlib.suppress(failed):
-                self._client.update_item(
-                    TableName=self.table,
-                    Key=item_key,
-                    UpdateExpression="SET opened_at = :zero, trial_until = :zero",
-                    ConditionExpression="opened_at = :epoch",
-                    ExpressionAttributeValues={":zero": _n(0), ":epoch": _n(delta.closed_epoch)},
-                )
-        if delta.opened_at:
-            with contextlib.suppress(failed):
-                self._client.update_item(
-                    TableName=self.table,
-                    Key=item_key,
-                    UpdateExpression="SET opened_at = :now, trial_until = :zero",
-                    ConditionExpression=(
-                        "attribute_not_exists(opened_at) OR opened_at = :zero OR opened_at = :seen"
-                    ),
-                    ExpressionAttributeValues={
-                        ":now": _n(delta.opened_at),
-                        ":zero": _n(0),
-                        ":seen": _n(delta.reopened_epoch),
-                    },
-                )
-        # ADD cannot clamp: pull a shared confidence that drifted out of bounds back in.
-        confidence_sum = _num(new, "conf")
+        return {
+            "TableName": self.table,
+            "Key": {"pk": {"S": BACKENDS_PK}, "sk": {"S": key}},
+            "UpdateExpression": f"SET {', '.join(sets)} ADD {', '.join(adds)}",
+            "ExpressionAttributeNames": {"#ttl": "ttl"},
+            "ExpressionAttributeValues": values,
+        }
+
+    def _clamp_shared(self, key: str, item: dict[str, Any]) -> None:
+        """ADD cannot clamp: pull a shared confidence that drifted out of bounds back in."""
+        confidence_sum = _num(item, "conf")
         clamped = self._clamp(confidence_sum)
-        if clamped != confidence_sum:
-            with contextlib.suppress(failed):
-                self._client.update_item(
-                    TableName=self.table,
-                    Key=item_key,
-                    UpdateExpression="SET conf = :clamped",
-                    ConditionExpression="conf = :seen",
-                    ExpressionAttributeValues={
-                        ":clamped": _n(clamped),
-                        ":seen": new["conf"],
-                    },
-                )
+        if clamped == confidence_sum:
+            return
+        with contextlib.suppress(self._client.exceptions.ConditionalCheckFailedException):
+            self._client.update_item(
+                TableName=self.table,
+                Key={"pk": {"S": BACKENDS_PK}, "sk": {"S": key}},
+                UpdateExpression="SET conf = :clamped",
+                ConditionExpression="conf = :seen",
+                ExpressionAttributeValues={":clamped": _n(clamped), ":seen": item["conf"]},
+            )
+        item["conf"] = _n(clamped)
 
     def _clamp(self, confidence_sum: float) -> float:
         """The stored ``conf`` is the sum of changes from initial_confidence; keep it in range."""
