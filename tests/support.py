@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
+import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import httpx
 import uvicorn
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -28,6 +33,79 @@ PROVIDER_KEY_PREFIX = "sk-upstream-secret-"
 def provider_key(name: str) -> str:
     """Each provider's API key: a recognisable secret that must never leak."""
     return f"{PROVIDER_KEY_PREFIX}{name}-7f3a9c"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class BerryProcess:
+    """`berry serve` as a real subprocess on a free port; its output goes to a file."""
+
+    def __init__(
+        self, config: Path, env: dict[str, str] | None = None, *args: str, probes: bool = False
+    ) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = config.with_suffix(f".{self.port}.log")
+        self._log = self.log_path.open("wb")
+        base_env = {
+            k: v for k, v in os.environ.items() if k not in ("AWS_PROFILE", "AWS_SESSION_TOKEN")
+        }
+        self.process = subprocess.Popen(
+            [
+                str(ROOT / ".venv/bin/berry"),
+                "serve",
+                "--config",
+                str(config),
+                "--port",
+                str(self.port),
+                *([] if probes else ["--no-probes"]),
+                *args,
+            ],
+            env={**base_env, **(env or {})},
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                httpx.get(f"{self.url}/v1/health", timeout=5)
+                break
+            except httpx.TransportError:
+                if self.process.poll() is not None or time.monotonic() > deadline:
+                    self.stop()
+                    raise AssertionError(f"berry serve did not start:\n{self.output()}") from None
+                time.sleep(0.05)
+
+    def output(self) -> str:
+        if not self._log.closed:
+            self._log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+        self._log.close()
+        return self.process.returncode
+
+
+@contextmanager
+def berry_serve(
+    config: Path, env: dict[str, str] | None = None, *args: str, probes: bool = False
+) -> Iterator[BerryProcess]:
+    berry = BerryProcess(config, env, *args, probes=probes)
+    try:
+        yield berry
+    finally:
+        berry.stop()
 
 
 class ServerThread:

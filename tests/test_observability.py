@@ -2,11 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import time
-
 import httpx
 import openai
 import orjson
@@ -15,8 +10,6 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from support import (
     ADMIN_TOKEN,
-    PROVIDER_KEY_PREFIX,
-    ROOT,
     USER_TOKEN,
     Berry,
     build_config,
@@ -237,119 +230,3 @@ def test_rate_limit_per_user(make_upstream, start_berry) -> None:
         sdk.chat.completions.create(model="test-model", messages=MESSAGES)
     assert chat(berry, token=ADMIN_TOKEN).status_code == 200  # limits are per user
     assert upstream.stats()["requests"] == 6  # refused requests never reached upstream
-
-
-def test_no_upstream_key_in_any_response_metric_or_log(make_upstream, tmp_path) -> None:
-    """A real `berry serve` process with debug logs, driven through every error path."""
-    ok = make_upstream(name="ok")
-    denied = make_upstream(name="denied", mode="fail", failure_status=401)
-    config = tmp_path / "config.toml"
-    config.write_text(f"""
-[settings]
-circuit_breaker_failure_threshold = 2
-health_check_interval_seconds = 0.2
-recovery_check_interval_seconds = 0.2
-[providers.ok]
-name = "OK"
-base_url = "{ok.base_url}"
-api_key = "${{OK_KEY}}"
-models = ["up-model"]
-[providers.denied]
-name = "Denied"
-base_url = "{denied.root_url}"
-api_key = "{PROVIDER_KEY_PREFIX}denied-literal"
-models = ["up-model"]
-[models.m]
-name = "test-model"
-[[models.m.backends]]
-provider = "denied"
-model = "up-model"
-weight = 5
-[[models.m.backends]]
-provider = "ok"
-model = "up-model"
-[users.admin]
-name = "Admin"
-token = "{ADMIN_TOKEN}"
-[users.user]
-name = "User"
-token = "{USER_TOKEN}"
-allowed_models = ["m"]
-""")
-    port = _free_port()
-    env = {**os.environ, "OK_KEY": f"{PROVIDER_KEY_PREFIX}from-env"}
-    process = subprocess.Popen(
-        [
-            str(ROOT / ".venv/bin/berry"),
-            "serve",
-            "--config",
-            str(config),
-            "--port",
-            str(port),
-            "--log-level",
-            "debug",
-            "--access-log",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        env=env,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        _wait_until_up(url)
-        seen: list[str] = []
-        auth = {"Authorization": f"Bearer {USER_TOKEN}"}
-        admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
-        for stream in (False, True, False, False):
-            body = {"model": "test-model", "messages": MESSAGES, "stream": stream}
-            seen.append(HTTP.post(f"{url}/v1/chat/completions", json=body, headers=auth).text)
-        seen.append(
-            HTTP.post(
-                f"{url}/v1/chat/completions",
-                json={"model": "test-model", "messages": MESSAGES, "backend": "denied"},
-                headers=auth,
-            ).text
-        )
-        for path in (
-            "/",
-            "/health",
-            "/v1/health",
-            "/metrics",
-            "/prometheus",
-            "/smart-ai/weights",
-            "/v1/models",
-            *ADMIN_PATHS,
-        ):
-            seen.append(HTTP.get(f"{url}{path}", headers=admin).text)
-        time.sleep(0.5)  # let the background prober run against the failing provider
-    finally:
-        process.terminate()
-        logs = process.communicate(timeout=20)[0].decode()
-    assert "up-model" in logs or "Berry serving" in logs  # the log was captured
-    assert "/v1/chat/completions" in logs  # with --access-log, requests were logged
-    for text in [*seen, logs]:
-        assert PROVIDER_KEY_PREFIX not in text
-        assert USER_TOKEN not in text and ADMIN_TOKEN not in text
-    # The failing provider saw Berry's key for it, never a user's token.
-    assert denied.stats()["last_request"]["headers"]["authorization"] == (
-        f"Bearer {PROVIDER_KEY_PREFIX}denied-literal"
-    )
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _wait_until_up(url: str) -> None:
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        try:
-            HTTP.get(f"{url}/v1/health")
-            return
-        except httpx.TransportError:
-            time.sleep(0.05)
-    raise AssertionError(f"berry did not start ({sys.executable})")

@@ -9,17 +9,14 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import socket
 import struct
-import subprocess
 import threading
 import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +26,14 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from dynamodb_local import berry_env
-from support import ADMIN_TOKEN, ROOT, USER_TOKEN, build_config
+from support import (
+    ADMIN_TOKEN,
+    USER_TOKEN,
+    BerryProcess,
+    berry_serve,
+    build_config,
+    free_port,
+)
 
 HTTP = httpx.Client(timeout=20)
 MESSAGES = [{"role": "user", "content": "hi"}]
@@ -37,12 +41,6 @@ CHAT = "/v1/chat/completions"
 
 
 # -- helpers --------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def closed_port() -> int:
@@ -133,69 +131,6 @@ def write_config(
         lines += [f"{k} = {_toml(v)}" for k, v in user.items()]
     path.write_text("\n".join(lines) + "\n")
     return path
-
-
-class BerryProcess:
-    """`berry serve` as a real subprocess on a free port; its output goes to a file."""
-
-    def __init__(self, config: Path, env: dict[str, str] | None = None, *args: str) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = config.with_suffix(f".{self.port}.log")
-        self._log = self.log_path.open("wb")
-        base_env = {
-            k: v for k, v in os.environ.items() if k not in ("AWS_PROFILE", "AWS_SESSION_TOKEN")
-        }
-        self.process = subprocess.Popen(
-            [
-                str(ROOT / ".venv/bin/berry"),
-                "serve",
-                "--config",
-                str(config),
-                "--port",
-                str(self.port),
-                "--no-probes",
-                *args,
-            ],
-            env={**base_env, **(env or {})},
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-        )
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                HTTP.get(f"{self.url}/v1/health")
-                break
-            except httpx.TransportError:
-                if self.process.poll() is not None or time.monotonic() > deadline:
-                    self.stop()
-                    raise AssertionError(f"berry serve did not start:\n{self.output()}") from None
-                time.sleep(0.05)
-
-    def output(self) -> str:
-        if not self._log.closed:
-            self._log.flush()
-        return self.log_path.read_text(errors="replace")
-
-    def stop(self) -> int:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
-        self._log.close()
-        return self.process.returncode
-
-
-@contextmanager
-def berry_serve(config: Path, env: dict[str, str] | None = None, *args: str) -> Iterator[Any]:
-    berry = BerryProcess(config, env, *args)
-    try:
-        yield berry
-    finally:
-        berry.stop()
 
 
 # -- load -----------------------------------------------------------------------------------

@@ -9,9 +9,7 @@ from __future__ import annotations
 import ast
 import http.client
 import inspect
-import os
 import socket
-import subprocess
 import textwrap
 import time
 from collections.abc import Iterator
@@ -29,11 +27,12 @@ from berry_shared.config import ConfigError
 from support import (
     ADMIN_TOKEN,
     PROVIDER_KEY_PREFIX,
-    ROOT,
     USER_TOKEN,
     Berry,
+    BerryProcess,
     ServerThread,
     build_config,
+    free_port,
     provider_key,
 )
 
@@ -278,14 +277,8 @@ def _write_secret_config(path: Path, upstreams: dict[str, Any], refused_port: in
     path.write_text("\n".join(lines) + "\n")
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture
-def logged_berry(make_upstream, tmp_path) -> Iterator[tuple[str, subprocess.Popen, Path]]:
+def logged_berry(make_upstream, tmp_path) -> Iterator[BerryProcess]:
     """`berry serve --log-level debug --access-log` with probes on, logging to a file."""
     upstreams = {
         "ok": make_upstream(name="ok"),
@@ -297,51 +290,24 @@ def logged_berry(make_upstream, tmp_path) -> Iterator[tuple[str, subprocess.Pope
         "cutter": make_upstream(name="cutter", mode="cut_stream"),
     }
     config = tmp_path / "config.toml"
-    _write_secret_config(config, upstreams, _free_port())
-    port = _free_port()
-    log_path = tmp_path / "berry.log"
-    env = {**os.environ, "OK_KEY": provider_key("ok")}
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [
-                str(ROOT / ".venv/bin/berry"),
-                "serve",
-                "--config",
-                str(config),
-                "--port",
-                str(port),
-                "--log-level",
-                "debug",
-                "--access-log",
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=env,
-        )
-        url = f"http://127.0.0.1:{port}"
-        try:
-            deadline = time.monotonic() + 30
-            while True:
-                try:
-                    HTTP.get(f"{url}/v1/health")
-                    break
-                except httpx.TransportError:
-                    assert process.poll() is None and time.monotonic() < deadline, (
-                        log_path.read_text()
-                    )
-                    time.sleep(0.05)
-            yield url, process, log_path
-        finally:
-            process.terminate()
-            try:
-                process.wait(20)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(5)
+    _write_secret_config(config, upstreams, free_port())
+    berry = BerryProcess(
+        config,
+        {"OK_KEY": provider_key("ok")},
+        "--log-level",
+        "debug",
+        "--access-log",
+        probes=True,
+    )
+    try:
+        yield berry
+    finally:
+        berry.stop()
 
 
 def test_no_secret_in_any_response_metric_error_or_debug_log(logged_berry) -> None:
-    url, process, log_path = logged_berry
+    berry = logged_berry
+    url = berry.url
     secrets = [
         *(provider_key(n) for n in ("ok", "denied", "broken", "limited", "hung", "garbage")),
         *(provider_key(n) for n in ("cutter", "gone")),
@@ -396,9 +362,8 @@ def test_no_secret_in_any_response_metric_error_or_debug_log(logged_berry) -> No
         response = HTTP.get(f"{url}{path}", headers=admin)
         assert response.status_code in (200, 503), (path, response.status_code)
         record(response)
-    process.terminate()
-    process.wait(20)
-    logs = log_path.read_text(errors="replace")
+    berry.stop()
+    logs = berry.output()
     assert "/v1/chat/completions" in logs  # the access log was on
     assert "Application startup complete" in logs
     for text in [*seen, logs]:
@@ -880,28 +845,14 @@ def test_log_level_debug_shows_berrys_own_debug_lines(make_upstream, tmp_path) -
         )
         + "\n"
     )
-    port = _free_port()
-    process = subprocess.Popen(
-        [
-            str(ROOT / ".venv/bin/berry"),
-            "serve",
-            "--config",
-            str(config),
-            "--port",
-            str(port),
-            "--log-level",
-            "debug",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
+    berry = BerryProcess(config, None, "--log-level", "debug", probes=True)
     try:
         deadline = time.monotonic() + 20
         while failing.stats()["requests"] < 3:  # the prober has run (and logged) a few times
-            assert process.poll() is None and time.monotonic() < deadline
+            assert berry.process.poll() is None and time.monotonic() < deadline
             time.sleep(0.05)
     finally:
-        process.terminate()
-        logs = process.communicate(timeout=20)[0].decode()
+        berry.stop()
+    logs = berry.output()
     # berry.probe logs every probe at DEBUG: "probe <backend> (<reason>): <outcome>".
     assert "probe failing:up-model" in logs, logs[-2000:]

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
-import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -13,16 +11,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from support import ADMIN_TOKEN, ROOT, USER_TOKEN
+from support import ADMIN_TOKEN, USER_TOKEN, BerryProcess
 
 HTTP = httpx.Client(timeout=20)
 MESSAGES = [{"role": "user", "content": "hi"}]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def write_config(path: Path, bad_url: str, good_url: str, rate_limit: str = "") -> Path:
@@ -66,43 +58,15 @@ allowed_models = ["m"]
 @pytest.fixture
 def serve(dynamodb_env) -> Iterator[Callable[[Path], str]]:
     """Start `berry serve` processes sharing the test's DynamoDB table; returns their URL."""
-    processes: list[subprocess.Popen[bytes]] = []
+    processes: list[BerryProcess] = []
 
     def start(config: Path, env: dict[str, str] | None = None) -> str:
-        port = free_port()
-        process = subprocess.Popen(
-            [
-                str(ROOT / ".venv/bin/berry"),
-                "serve",
-                "--config",
-                str(config),
-                "--port",
-                str(port),
-                "--no-probes",
-            ],
-            env={**os.environ, **dynamodb_env.env, **(env or {})},
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
-        processes.append(process)
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                HTTP.get(f"{url}/v1/health")
-                return url
-            except httpx.TransportError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise AssertionError(
-                        process.stderr.read().decode() if process.stderr else "berry did not start"
-                    ) from None
-                time.sleep(0.05)
+        processes.append(BerryProcess(config, {**dynamodb_env.env, **(env or {})}))
+        return processes[-1].url
 
     yield start
     for process in processes:
-        process.terminate()
-    for process in processes:
-        process.wait(timeout=20)
+        process.stop()
 
 
 def chat(url: str, **extra) -> httpx.Response:
