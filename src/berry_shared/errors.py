@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import orjson
@@ -84,6 +85,11 @@ class UpstreamTimeout(BerryError):
     status_code = 504
     error_type = "timeout_error"
     code = "upstream_timeout"
+
+
+def retry_after_header(seconds: float) -> int:
+    """A ``Retry-After`` value: whole seconds, rounded up (waiting less is refused), >= 1."""
+    return max(1, math.ceil(seconds))
 
 
 def error_body(

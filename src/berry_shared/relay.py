@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -28,6 +27,7 @@ from .errors import (
     RateLimited,
     UpstreamTimeout,
     error_json,
+    retry_after_header,
 )
 from .metrics import Metrics
 from .smart_ai import Candidate, assess, plan_attempts, retry_after_seconds
@@ -194,7 +194,7 @@ class Relay:
         if limits is not None and (windows := limits.windows()):
             wait = await self.store.count_request(caller.user_id, windows, now)
             if wait is not None:
-                seconds = max(1, math.ceil(wait))
+                seconds = retry_after_header(wait)
                 raise RateLimited(
                     f"Rate limit exceeded for your token; retry after {seconds} s.",
                     headers={"Retry-After": str(seconds)},
@@ -268,9 +268,7 @@ class Relay:
                 return self._respond_stream(attempt, candidate, tally, started)
             return self._respond(attempt, candidate, tally, started)
         error = self._all_failed(request, tally, deadline)
-        overhead = (time.perf_counter() - started - tally.upstream_seconds) * 1000
-        error.headers["x-berry-attempts"] = str(tally.attempts)
-        error.headers["x-berry-overhead-ms"] = f"{max(overhead, 0.0):.2f}"
+        error.headers.update(self._headers(None, tally, started))
         raise error
 
     async def _attempt(
@@ -305,9 +303,8 @@ class Relay:
                 raise _Failure(error, detail) from None
             except (_Failure, _ClientMistake):
                 raise
-            except (
-                Exception
-            ) as exc:  # a bug or an odd answer must cost one backend, not the request
+            except Exception as exc:
+                # A bug or an odd answer must cost one backend, not the whole request.
                 logger.warning("unexpected %s from backend %s", type(exc).__name__, backend.key)
                 raise _Failure(ErrorClass.SERVER, "unexpected error") from None
 
@@ -354,13 +351,18 @@ class Relay:
         self.store.record_failure(candidate.key, failure.error, time.time(), failure.retry_after)
         self.metrics.attempt_failed(candidate.key, failure.error.value)
 
-    def _headers(self, candidate: Candidate, tally: _Tally, started: float) -> dict[str, str]:
+    def _headers(
+        self, candidate: Candidate | None, tally: _Tally, started: float
+    ) -> dict[str, str]:
+        """Who served (if anyone did), how many backends were tried, and Berry's own time."""
         overhead = (time.perf_counter() - started - tally.upstream_seconds) * 1000
-        return {
-            "x-berry-backend": candidate.key,
+        headers = {
             "x-berry-attempts": str(tally.attempts),
             "x-berry-overhead-ms": f"{max(overhead, 0.0):.2f}",
         }
+        if candidate is not None:
+            headers["x-berry-backend"] = candidate.key
+        return headers
 
     def _respond(
         self, attempt: _Attempt, candidate: Candidate, tally: _Tally, started: float
@@ -436,7 +438,7 @@ class Relay:
             )
         if failures and all(f.error is ErrorClass.RATE_LIMIT for _, f in failures):
             waits = [f.retry_after for _, f in failures if f.retry_after]
-            wait = max(1, math.ceil(min(waits))) if waits else 1
+            wait = retry_after_header(min(waits)) if waits else 1
             return RateLimited(
                 f"Every backend for '{request.model}' is rate limited upstream. {summary}",
                 code="upstream_rate_limited",

@@ -8,7 +8,6 @@ and spreads the rest in proportion to weight, so weaker backends keep being meas
 
 from __future__ import annotations
 
-import math
 import random
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ from .backend_state import (  # noqa: F401 - decay names re-exported for callers
     decayed_confidence,
 )
 from .config import Backend, Settings
+from .errors import retry_after_header
 
 # Confidence below this counts as unhealthy; its factor is the floor below.
 UNHEALTHY_CONFIDENCE = 0.3
@@ -186,4 +186,4 @@ def retry_after_seconds(states: Iterable[BackendState], now: float, settings: Se
     """How long until the first unavailable backend may take traffic again (at least 1 s)."""
     waits = [s.available_at(settings) - now for s in states]
     waits = [w for w in waits if w > 0]
-    return max(1, math.ceil(min(waits))) if waits else 1
+    return retry_after_header(min(waits)) if waits else 1

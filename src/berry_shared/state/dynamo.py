@@ -54,6 +54,10 @@ def _n(value: float | int) -> dict[str, str]:
     return {"N": repr(value) if isinstance(value, float) else str(value)}
 
 
+def _key(pk: str, sk: str) -> dict[str, dict[str, str]]:
+    return {"pk": {"S": pk}, "sk": {"S": sk}}
+
+
 def _num(item: dict[str, Any], name: str, default: float = 0.0) -> float:
     value = item.get(name)
     return float(value["N"]) if value else default
@@ -205,20 +209,23 @@ class DynamoStateStore(StateStore):
         return won
 
     def _take_trial(self, key: str, opened_at: float, now: float, lease: float) -> bool:
+        return self._update_if(
+            key,
+            "SET trial_until = :until",
+            "(attribute_not_exists(opened_at) OR opened_at = :opened) AND "
+            "(attribute_not_exists(trial_until) OR trial_until < :now)",
+            {":until": _n(now + lease), ":opened": _n(opened_at), ":now": _n(now)},
+        )
+
+    def _update_if(self, key: str, update: str, condition: str, values: dict[str, Any]) -> bool:
+        """One conditional update of a backend's item; False when the condition failed."""
         try:
             self._client.update_item(
                 TableName=self.table,
-                Key={"pk": {"S": BACKENDS_PK}, "sk": {"S": key}},
-                UpdateExpression="SET trial_until = :until",
-                ConditionExpression=(
-                    "(attribute_not_exists(opened_at) OR opened_at = :opened) AND "
-                    "(attribute_not_exists(trial_until) OR trial_until < :now)"
-                ),
-                ExpressionAttributeValues={
-                    ":until": _n(now + lease),
-                    ":opened": _n(opened_at),
-                    ":now": _n(now),
-                },
+                Key=_key(BACKENDS_PK, key),
+                UpdateExpression=update,
+                ConditionExpression=condition,
+                ExpressionAttributeValues=values,
             )
         except self._client.exceptions.ConditionalCheckFailedException:
             return False
@@ -244,7 +251,7 @@ class DynamoStateStore(StateStore):
         if count is None:
             item = self._client.get_item(
                 TableName=self.table,
-                Key={"pk": {"S": f"rate#{user_id}"}, "sk": {"S": f"{window}#{index - 1}"}},
+                Key=_key(f"rate#{user_id}", f"{window}#{index - 1}"),
                 ConsistentRead=True,
             ).get("Item", {})
             count = int(_num(item, "c"))
@@ -269,7 +276,7 @@ class DynamoStateStore(StateStore):
             updates.append(
                 {
                     "TableName": self.table,
-                    "Key": {"pk": {"S": f"rate#{user_id}"}, "sk": {"S": f"{window}#{index}"}},
+                    "Key": _key(f"rate#{user_id}", f"{window}#{index}"),
                     "UpdateExpression": "ADD c :one SET #ttl = :ttl",
                     "ConditionExpression": "attribute_not_exists(c) OR c <= :most",
                     "ExpressionAttributeNames": {"#ttl": "ttl"},
@@ -410,38 +417,26 @@ class DynamoStateStore(StateStore):
             TransactItems=[{"Update": self._delta_update(k, d, now)} for k, d in batch.items()],
             ClientRequestToken=token,
         )
-        failed = self._client.exceptions.ConditionalCheckFailedException
         for key, delta in batch.items():
-            item_key = {"pk": {"S": BACKENDS_PK}, "sk": {"S": key}}
             if delta.closed_epoch and not delta.opened_at:
                 # Close only the opening we saw; a newer one (another instance) stands.
-                with contextlib.suppress(failed):
-                    self._client.update_item(
-                        TableName=self.table,
-                        Key=item_key,
-                        UpdateExpression="SET opened_at = :zero, trial_until = :zero",
-                        ConditionExpression="opened_at = :epoch",
-                        ExpressionAttributeValues={
-                            ":zero": _n(0),
-                            ":epoch": _n(delta.closed_epoch),
-                        },
-                    )
+                self._update_if(
+                    key,
+                    "SET opened_at = :zero, trial_until = :zero",
+                    "opened_at = :epoch",
+                    {":zero": _n(0), ":epoch": _n(delta.closed_epoch)},
+                )
             if delta.opened_at:
-                with contextlib.suppress(failed):
-                    self._client.update_item(
-                        TableName=self.table,
-                        Key=item_key,
-                        UpdateExpression="SET opened_at = :now, trial_until = :zero",
-                        ConditionExpression=(
-                            "attribute_not_exists(opened_at) OR opened_at = :zero "
-                            "OR opened_at = :seen"
-                        ),
-                        ExpressionAttributeValues={
-                            ":now": _n(delta.opened_at),
-                            ":zero": _n(0),
-                            ":seen": _n(delta.reopened_epoch),
-                        },
-                    )
+                self._update_if(
+                    key,
+                    "SET opened_at = :now, trial_until = :zero",
+                    "attribute_not_exists(opened_at) OR opened_at = :zero OR opened_at = :seen",
+                    {
+                        ":now": _n(delta.opened_at),
+                        ":zero": _n(0),
+                        ":seen": _n(delta.reopened_epoch),
+                    },
+                )
 
     def _delta_update(self, key: str, delta: BackendDelta, now: float) -> dict[str, Any]:
         values: dict[str, Any] = {
@@ -472,7 +467,7 @@ class DynamoStateStore(StateStore):
             values[":cooldown"] = _n(delta.cooldown_until)
         return {
             "TableName": self.table,
-            "Key": {"pk": {"S": BACKENDS_PK}, "sk": {"S": key}},
+            "Key": _key(BACKENDS_PK, key),
             "UpdateExpression": f"SET {', '.join(sets)} ADD {', '.join(adds)}",
             "ExpressionAttributeNames": {"#ttl": "ttl"},
             "ExpressionAttributeValues": values,
@@ -484,14 +479,12 @@ class DynamoStateStore(StateStore):
         clamped = self._clamp(confidence_sum)
         if clamped == confidence_sum:
             return
-        with contextlib.suppress(self._client.exceptions.ConditionalCheckFailedException):
-            self._client.update_item(
-                TableName=self.table,
-                Key={"pk": {"S": BACKENDS_PK}, "sk": {"S": key}},
-                UpdateExpression="SET conf = :clamped",
-                ConditionExpression="conf = :seen",
-                ExpressionAttributeValues={":clamped": _n(clamped), ":seen": item["conf"]},
-            )
+        self._update_if(
+            key,
+            "SET conf = :clamped",
+            "conf = :seen",
+            {":clamped": _n(clamped), ":seen": item["conf"]},
+        )
         item["conf"] = _n(clamped)
 
     def _clamp(self, confidence_sum: float) -> float:
