@@ -7,7 +7,6 @@ from fastapi import APIRouter, Depends
 from fastapi.responses import Response
 
 from berry_shared import reports
-from berry_shared.errors import ModelNotFound
 
 from .common import GatewayDep, admin_only, build_app, json_response
 from .serverless import lambda_handler
@@ -17,12 +16,7 @@ router = APIRouter(prefix="/admin", dependencies=[Depends(admin_only)])
 
 @router.get("/model-weights", response_model=None)
 async def model_weights(gateway: GatewayDep, model: str | None = None) -> Response:
-    key = None
-    if model is not None:
-        found = gateway.directory.find_model(model)
-        if found is None:
-            raise ModelNotFound(f"Unknown model '{model}'.", param="model")
-        key = found[0]
+    key = None if model is None else gateway.directory.model_key(model)
     return json_response(orjson.dumps(reports.model_weights(gateway, key)))
 
 

@@ -124,7 +124,6 @@ async def admin_only(caller: Annotated[Caller, Depends(authenticated)]) -> Calle
 
 GatewayDep = Annotated[Gateway, Depends(get_gateway)]
 CallerDep = Annotated[Caller, Depends(authenticated)]
-AdminDep = Annotated[Caller, Depends(admin_only)]
 
 
 async def read_body(request: Request, limit: int) -> bytes:

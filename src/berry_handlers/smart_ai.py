@@ -7,7 +7,6 @@ from fastapi import APIRouter
 from fastapi.responses import Response
 
 from berry_shared import reports
-from berry_shared.errors import ModelNotFound
 
 from .common import GatewayDep, build_app, json_response
 from .serverless import lambda_handler
@@ -22,11 +21,8 @@ async def all_weights(gateway: GatewayDep) -> Response:
 
 @router.get("/models/{model:path}/weights", response_model=None)
 async def model_weights(gateway: GatewayDep, model: str) -> Response:
-    found = gateway.directory.find_model(model)
-    if found is None:
-        # The value is echoed back only through JSON encoding, so any path value is safe.
-        raise ModelNotFound(f"Unknown model '{model[:200]}'.", param="model")
-    return json_response(orjson.dumps(reports.smart_ai_weights(gateway, found[0])))
+    key = gateway.directory.model_key(model)
+    return json_response(orjson.dumps(reports.smart_ai_weights(gateway, key)))
 
 
 app = build_app(router, title="Berry SmartAI")

@@ -65,6 +65,14 @@ class Directory:
         key = self._by_name.get(name)
         return None if key is None else (key, self.config.models[key])
 
+    def model_key(self, name: str) -> str:
+        """The config key of a model named by key or public name, enabled or not."""
+        found = self.find_model(name)
+        if found is None:
+            # Echoed only through JSON encoding (any value is safe), and cut to a sane length.
+            raise ModelNotFound(f"Unknown model '{name[:200]}'.", param="model")
+        return found[0]
+
     def model_for(self, caller: Caller, name: str) -> tuple[str, Model]:
         """The model a caller asked for, checked for existence, state and permission."""
         found = self.find_model(name)

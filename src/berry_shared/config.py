@@ -12,7 +12,7 @@ import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import (
     BaseModel,
@@ -28,15 +28,6 @@ PREMIUM_TAG = "premium"
 
 # Strategy names Berry API accepts. Berry routes every model with SmartAI; the older names are
 # accepted so an existing config.toml loads unchanged, and `berry check-config` says so.
-LEGACY_STRATEGIES = (
-    "weighted_random",
-    "round_robin",
-    "least_latency",
-    "failover",
-    "random",
-    "weighted_failover",
-    "smart_weighted_failover",
-)
 Strategy = Literal[
     "smart_ai",
     "weighted_random",
@@ -47,6 +38,7 @@ Strategy = Literal[
     "weighted_failover",
     "smart_weighted_failover",
 ]
+LEGACY_STRATEGIES = tuple(name for name in get_args(Strategy) if name != "smart_ai")
 
 PositiveSeconds = Annotated[float, Field(gt=0)]
 Penalty = Annotated[float, Field(ge=0, le=1)]

@@ -91,10 +91,12 @@ def _backend_entry(view: ModelView, backend: Backend, gateway: Gateway) -> dict[
     }
 
 
-def health(gateway: Gateway, now: float | None = None) -> tuple[int, dict[str, Any]]:
+def health(
+    gateway: Gateway, now: float | None = None, views: dict[str, ModelView] | None = None
+) -> tuple[int, dict[str, Any]]:
     """``/health``: 503 when no model has a usable backend."""
     now = now or time.time()
-    views = model_views(gateway, now)
+    views = views or model_views(gateway, now)
     providers: dict[str, Any] = {}
     for pid, provider in gateway.config.providers.items():
         models: dict[str, Any] = {}
@@ -321,8 +323,9 @@ def backend_health(gateway: Gateway, now: float | None = None) -> dict[str, Any]
 def system_stats(gateway: Gateway, now: float | None = None) -> dict[str, Any]:
     """``/admin/system-stats``."""
     now = now or time.time()
-    _, summary = health(gateway, now)
-    views = [v for v in model_views(gateway, now).values() if v.model.enabled]
+    all_views = model_views(gateway, now)
+    _, summary = health(gateway, now, all_views)
+    views = [v for v in all_views.values() if v.model.enabled]
     counts = gateway.metrics
     return {
         "system": {
