@@ -34,6 +34,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "local"))
 
+from dynamodb_local import DynamoDBLocal, free_port  # noqa: E402
+
 BENCH = ROOT / "bench"
 LITELLM_VENV = BENCH / ".venv-litellm"
 # Also the LiteLLM master key: both gateways authenticate every request.
@@ -160,12 +162,6 @@ def check(url: str, body: str) -> None:
             response.read()
     except urllib.error.HTTPError as exc:
         raise RuntimeError(f"{url} answered {exc.code}: {exc.read()[:300]!r}") from None
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def wait_for_port(port: int, process: subprocess.Popen[bytes] | None, timeout: float) -> None:
@@ -398,8 +394,6 @@ def main() -> None:
             base = f"http://127.0.0.1:{port}/v1"
             targets.append(Target("Berry (memory)", base, base, process))
             if not args.no_dynamodb:
-                from dynamodb_local import DynamoDBLocal
-
                 database = DynamoDBLocal().start()
                 port = free_port()
                 process = start([*berry, "--port", str(port)], port, database.env("berry-bench"))

@@ -24,6 +24,7 @@ from berry_handlers.local import create_app  # noqa: E402
 from berry_shared.config import Config, parse_config  # noqa: E402
 from berry_shared.gateway import Gateway  # noqa: E402
 from demo_upstream import DemoUpstream  # noqa: E402
+from dynamodb_local import free_port  # noqa: E402
 
 ADMIN_TOKEN = "test-admin-token-0123456789"
 USER_TOKEN = "test-user-token-0123456789"
@@ -35,10 +36,9 @@ def provider_key(name: str) -> str:
     return f"{PROVIDER_KEY_PREFIX}{name}-7f3a9c"
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+def closed_port() -> int:
+    """A loopback port nobody listens on: connecting to it is refused."""
+    return free_port()
 
 
 class BerryProcess:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import socket
 import time
 from collections import Counter
 
@@ -12,7 +11,7 @@ import openai
 import orjson
 import pytest
 
-from support import USER_TOKEN, Berry, build_config
+from support import USER_TOKEN, Berry, build_config, closed_port
 
 # One pooled client: a fresh httpx client per call costs ~20 ms of TLS context set-up.
 HTTP = httpx.Client(timeout=20)
@@ -29,14 +28,6 @@ def chat(berry: Berry, stream: bool = False, **extra) -> httpx.Response:
         headers={"Authorization": f"Bearer {USER_TOKEN}"},
         timeout=20,
     )
-
-
-def closed_port() -> int:
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    sock.close()
-    return port
 
 
 def failing_pair(make_upstream, start_berry, settings=None, **bad_behaviour):

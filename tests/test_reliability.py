@@ -32,7 +32,7 @@ from support import (
     BerryProcess,
     berry_serve,
     build_config,
-    free_port,
+    closed_port,
 )
 
 HTTP = httpx.Client(timeout=20)
@@ -41,11 +41,6 @@ CHAT = "/v1/chat/completions"
 
 
 # -- helpers --------------------------------------------------------------------------------
-
-
-def closed_port() -> int:
-    """A loopback port nobody listens on: connecting to it is refused."""
-    return free_port()
 
 
 def auth(token: str = USER_TOKEN) -> dict[str, str]:
