@@ -21,6 +21,7 @@ demo: install
 lint: install
 	$(BIN)/ruff check src tests local
 	$(BIN)/ruff format --check src tests local
+	$(BIN)/mypy
 
 dynamodb-local: install
 	$(BIN)/python local/dynamodb_local.py install

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
@@ -30,7 +30,7 @@ JSON = "application/json"
 
 
 def json_response(
-    body: bytes, status: int = 200, headers: dict[str, str] | None = None
+    body: bytes, status: int = 200, headers: Mapping[str, str] | None = None
 ) -> Response:
     return Response(content=body, status_code=status, media_type=JSON, headers=headers)
 
@@ -41,7 +41,7 @@ def error_response(
     error_type: str,
     code: str | None = None,
     param: str | None = None,
-    headers: dict[str, str] | None = None,
+    headers: Mapping[str, str] | None = None,
 ) -> Response:
     return json_response(error_json(message, error_type, code, param), status, headers)
 
@@ -282,7 +282,7 @@ class CORSMiddleware:
 def _header(scope: Scope, name: bytes) -> str | None:
     for key, value in scope["headers"]:
         if key == name:
-            return value.decode("latin-1")
+            return bytes(value).decode("latin-1")
     return None
 
 

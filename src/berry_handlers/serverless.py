@@ -66,7 +66,8 @@ def instrumented(function: LambdaHandler) -> LambdaHandler:
     tools = powertools()
     function = tools.metrics.log_metrics(capture_cold_start_metric=True)(function)
     function = tools.tracer.capture_lambda_handler(capture_response=False)(function)
-    return tools.logger.inject_lambda_context(clear_state=True)(function)
+    wrapped: LambdaHandler = tools.logger.inject_lambda_context(clear_state=True)(function)
+    return wrapped
 
 
 def lazily(build: Callable[[], LambdaHandler]) -> LambdaHandler:

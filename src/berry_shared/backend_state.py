@@ -55,6 +55,9 @@ class BackendState:
     failures: int = 0
     last_request_at: float = 0.0
     last_error: ErrorClass | None = None
+    # The latest success and failure: a backend whose latest attempt failed is not healthy.
+    last_success_at: float = 0.0
+    last_failure_at: float = 0.0
 
     def circuit(self, now: float, settings: Settings) -> CircuitState:
         if not self.opened_at:
@@ -114,6 +117,7 @@ def record_success(state: BackendState, latency_ms: float, now: float, settings:
     state.trial_until = 0.0
     state.requests += 1
     state.last_request_at = now
+    state.last_success_at = max(state.last_success_at, now)
     if state.latency_ms is None:
         state.latency_ms = latency_ms
     else:
@@ -143,6 +147,7 @@ def record_failure(
     state.failures += 1
     state.last_request_at = now
     state.last_error = error
+    state.last_failure_at = max(state.last_failure_at, now)
     state.trial_until = 0.0
     was_trial = state.circuit(now, settings) is CircuitState.HALF_OPEN
     if was_trial or (

@@ -285,14 +285,14 @@ def _interpolate(value: Any, env: Mapping[str, str], path: str, missing: list[st
     return value
 
 
-def _describe(error: dict[str, Any]) -> str:
+def _describe(error: Any) -> str:
     location = ""
     for part in error["loc"]:
         if isinstance(part, int):
             location += f"[{part}]"
         else:
             location += f".{part}" if location else str(part)
-    message = error["msg"]
+    message = str(error["msg"])
     if error["type"] == "extra_forbidden":
         message = "unknown key"
     elif error["type"] == "missing":

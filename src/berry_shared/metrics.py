@@ -41,7 +41,8 @@ class _Histogram:
         self.count += 1
 
     def cumulative(self) -> list[tuple[str, float]]:
-        out, running = [], 0
+        out: list[tuple[str, float]] = []
+        running = 0
         for bound, count in zip((*LATENCY_BUCKETS, float("inf")), self.buckets, strict=True):
             running += count
             out.append(("+Inf" if bound == float("inf") else repr(float(bound)), running))

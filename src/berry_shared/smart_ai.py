@@ -8,6 +8,7 @@ and spreads the rest in proportion to weight, so weaker backends keep being meas
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -54,7 +55,7 @@ def latency_factor(latency_ms: float | None, fastest_ms: float | None) -> float:
         return 1.0
     # Square root: twice as slow costs ~30% of the weight, not half of it.
     ratio = (fastest_ms + LATENCY_GRACE_MS) / (latency_ms + LATENCY_GRACE_MS)
-    return max(MIN_LATENCY_FACTOR, ratio**0.5)
+    return max(MIN_LATENCY_FACTOR, math.sqrt(ratio))
 
 
 @dataclass(frozen=True, slots=True)

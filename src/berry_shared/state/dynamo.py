@@ -199,7 +199,7 @@ class DynamoStateStore(StateStore):
         if not state.opened_at:
             return True  # closed: no trial needed
         try:
-            won = await self._call(self._take_trial, key, state.opened_at, now, lease_seconds)
+            won: bool = await self._call(self._take_trial, key, state.opened_at, now, lease_seconds)
         except Exception as exc:
             self._went_down(exc)
             return True  # the local lease decided
@@ -237,7 +237,7 @@ class DynamoStateStore(StateStore):
         if not self._store_usable():
             return await self._local.count_request(user_id, windows, now)
         try:
-            wait = await self._call(self._count, user_id, windows, now)
+            wait: float | None = await self._call(self._count, user_id, windows, now)
         except Exception as exc:
             self._went_down(exc)
             return await self._local.count_request(user_id, windows, now)

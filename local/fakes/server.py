@@ -1,0 +1,240 @@
+"""Run any ASGI app under uvicorn on its own thread and event loop, on a loopback port.
+
+One runner for every in-process fake server (the demo upstream, the provider fakes, test
+servers), plus ``Recorder``: what a fake saw, including whether its client hung up early,
+so tests can prove that a cancelled attempt really closed its connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import uvicorn
+
+Scope = dict[str, Any]
+Message = dict[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+class ThreadedServer:
+    """An ASGI app under uvicorn in a daemon thread; ``start()`` returns once it listens."""
+
+    def __init__(self, app: ASGIApp, host: str = "127.0.0.1", port: int = 0, **config: Any):
+        self.app = app
+        self.host = host
+        self.port = port  # the real bound port after start()
+        self.config = config
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self._server: uvicorn.Server | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def root_url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+    def start(self, timeout: float = 10.0) -> ThreadedServer:
+        if self._thread is not None:
+            raise RuntimeError("server already started")
+        # IPPROTO_TCP explicitly: asyncio sets TCP_NODELAY only on sockets whose proto says
+        # TCP, and without it every response waits ~40 ms for a delayed ACK.
+        sock = socket.socket(
+            socket.AF_INET6 if ":" in self.host else socket.AF_INET,
+            socket.SOCK_STREAM,
+            socket.IPPROTO_TCP,
+        )
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((self.host, self.port))
+        self.port = sock.getsockname()[1]
+        options: dict[str, Any] = {
+            "log_level": "warning",
+            "lifespan": "off",
+            "loop": "asyncio",
+            "access_log": False,
+            "timeout_graceful_shutdown": 2,
+            **self.config,
+        }
+        server = self._server = uvicorn.Server(uvicorn.Config(self.app, **options))
+
+        async def serve() -> None:
+            self.loop = asyncio.get_running_loop()
+            await server.serve(sockets=[sock])
+
+        self._thread = threading.Thread(
+            target=asyncio.run, args=(serve(),), daemon=True, name=f"asgi-{self.port}"
+        )
+        self._thread.start()
+        deadline = time.monotonic() + timeout
+        while not server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                sock.close()
+                raise RuntimeError(f"server failed to start on {self.host}:{self.port}")
+            time.sleep(0.005)
+        return self
+
+    def call_soon(self, function: Callable[[], object]) -> None:
+        """Run ``function`` on the server's loop (thread-safe); a no-op once it stopped."""
+        if self.loop is not None:
+            with contextlib.suppress(RuntimeError):  # the loop already closed
+                self.loop.call_soon_threadsafe(function)
+
+    def stop(self, timeout: float = 5.0) -> None:
+        server, thread = self._server, self._thread
+        if server is None or thread is None:
+            return
+        server.should_exit = True
+        thread.join(timeout)
+        if thread.is_alive():
+            server.force_exit = True
+            thread.join(timeout)
+        self._server = self._thread = self.loop = None
+
+    def __enter__(self) -> ThreadedServer:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+
+@dataclass
+class Seen:
+    """One request as a fake received it."""
+
+    method: str
+    path: str
+    query: str
+    headers: dict[str, str]
+    body: bytes
+    json: Any = None
+    # Set when the response was fully sent, or when the client went away first.
+    completed: bool = False
+    client_gone: bool = False
+
+
+@dataclass
+class Recorder:
+    """Everything a fake saw, in arrival order (appended on the server's loop)."""
+
+    requests: list[Seen] = field(default_factory=list)
+
+    def record(self, scope: Scope, body: bytes, parsed: Any) -> Seen:
+        seen = Seen(
+            method=scope["method"],
+            path=scope["path"],
+            query=scope.get("query_string", b"").decode("latin-1"),
+            headers={k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]},
+            body=body,
+            json=parsed,
+        )
+        self.requests.append(seen)
+        return seen
+
+    @property
+    def last(self) -> Seen:
+        return self.requests[-1]
+
+    @property
+    def gone(self) -> int:
+        """Requests whose client hung up before the response was complete."""
+        return sum(1 for r in self.requests if r.client_gone)
+
+    def clear(self) -> None:
+        self.requests.clear()
+
+
+async def read_body(receive: Receive) -> tuple[bytes, bool]:
+    """The whole request body, and whether the client disconnected while sending it."""
+    chunks: list[bytes] = []
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return b"".join(chunks), True
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            return b"".join(chunks), False
+
+
+async def wait_for_disconnect(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+async def send_bytes(
+    send: Send,
+    status: int,
+    body: bytes,
+    content_type: str = "application/json",
+    headers: list[tuple[bytes, bytes]] | None = None,
+) -> None:
+    start_headers = [
+        (b"content-type", content_type.encode("latin-1")),
+        (b"content-length", str(len(body)).encode()),
+        *(headers or []),
+    ]
+    await send({"type": "http.response.start", "status": status, "headers": start_headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+class StreamSender:
+    """Send a chunked response piece by piece, noticing when the client has gone away.
+
+    ``send`` raises nothing when the peer is gone under uvicorn, so a background task listens
+    for ``http.disconnect`` and ``gone`` tells the fake to stop producing.
+    """
+
+    def __init__(self, send: Send, receive: Receive, seen: Seen) -> None:
+        self._send = send
+        self._seen = seen
+        self._watch = asyncio.ensure_future(self._watch_disconnect(receive))
+
+    async def _watch_disconnect(self, receive: Receive) -> None:
+        await wait_for_disconnect(receive)
+        if not self._seen.completed:
+            self._seen.client_gone = True
+
+    @property
+    def gone(self) -> bool:
+        return self._seen.client_gone
+
+    async def start(
+        self, status: int, content_type: str, headers: list[tuple[bytes, bytes]]
+    ) -> None:
+        all_headers = [(b"content-type", content_type.encode("latin-1")), *headers]
+        await self._send({"type": "http.response.start", "status": status, "headers": all_headers})
+
+    async def chunk(self, data: bytes) -> bool:
+        """Send one piece; False if the client is gone (stop producing)."""
+        if self.gone:
+            return False
+        await self._send({"type": "http.response.body", "body": data, "more_body": True})
+        return not self.gone
+
+    async def end(self) -> None:
+        if not self.gone:
+            await self._send({"type": "http.response.body", "body": b"", "more_body": False})
+            self._seen.completed = True
+        self._watch.cancel()
+
+    async def close(self) -> None:
+        self._watch.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._watch
+
+
+async def wait_or_gone(receive: Receive, seen: Seen, seconds: float) -> bool:
+    """Sleep ``seconds`` unless the client disconnects first; True if it did."""
+    try:
+        await asyncio.wait_for(wait_for_disconnect(receive), seconds)
+    except TimeoutError:
+        return False
+    seen.client_gone = True
+    return True
