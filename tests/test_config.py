@@ -116,6 +116,11 @@ SETTINGS_DEFAULTS = {
     "max_request_body_bytes": 10 * 1024 * 1024,
     "cors_allow_origins": [],
     "state_store": "memory",
+    # SPEC section 5, containment
+    "max_request_header_bytes": 64 * 1024,
+    "client_read_timeout_seconds": 30,
+    "max_response_body_bytes": 32 * 1024 * 1024,
+    "max_stream_duration_seconds": 600,
 }
 SMART_AI_DEFAULTS = {
     "initial_confidence": 0.8,

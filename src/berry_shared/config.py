@@ -85,6 +85,14 @@ class Settings(_Section):
     max_internal_retries: Annotated[int, Field(ge=0, le=10)] = 2
     health_check_timeout_seconds: PositiveSeconds = 10
     max_request_body_bytes: Annotated[int, Field(ge=1024)] = 10 * 1024 * 1024
+    # All request headers together; past it the client gets 431 (or a closed connection).
+    max_request_header_bytes: Annotated[int, Field(ge=1024)] = 64 * 1024
+    # A client must have sent its headers and body within this, or it is cut off.
+    client_read_timeout_seconds: PositiveSeconds = 30
+    # A non-stream upstream answer larger than this is that backend's failure (never held whole).
+    max_response_body_bytes: Annotated[int, Field(ge=1024)] = 32 * 1024 * 1024
+    # Any stream ends (with an SSE error event) after this long.
+    max_stream_duration_seconds: PositiveSeconds = 600
     # Browser origins allowed to call Berry (CORS); empty = CORS off. "*" allows any origin.
     cors_allow_origins: list[Annotated[str, Field(pattern=r"^(\*|https?://[^/\s]+)$")]] = []
     state_store: Literal["memory", "dynamodb"] = "memory"
@@ -170,7 +178,8 @@ class RateLimit(_Section):
 
 class User(_Section):
     name: Annotated[str, Field(min_length=1)]
-    token: Annotated[str, Field(min_length=16, pattern=r"^\S+$", repr=False)]
+    # Printable ASCII only: HTTP headers travel as latin-1, so any other token could never match.
+    token: Annotated[str, Field(min_length=16, pattern=r"^[\x21-\x7e]+$", repr=False)]
     allowed_models: list[str] = []
     enabled: bool = True
     tags: list[str] = []

@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
+from .backend_state import CircuitState
 from .config import Backend, Model
 from .gateway import Gateway
 from .smart_ai import Candidate, selection_shares
@@ -68,7 +69,13 @@ def model_views(gateway: Gateway, now: float) -> dict[str, ModelView]:
     }
 
 
-def _backend_entry(view: ModelView, backend: Backend, gateway: Gateway) -> dict[str, Any]:
+def _when(timestamp: float) -> str | None:
+    return iso(timestamp) if timestamp else None
+
+
+def _backend_entry(
+    view: ModelView, backend: Backend, gateway: Gateway, now: float
+) -> dict[str, Any]:
     candidate = view.candidate(backend)
     state = gateway.store.state(backend.key)
     return {
@@ -88,6 +95,16 @@ def _backend_entry(view: ModelView, backend: Backend, gateway: Gateway) -> dict[
         "tags": backend.tags,
         "billing_mode": backend.billing_mode,
         "last_error": state.last_error.value if state.last_error else None,
+        # Why a backend is (un)healthy: when it last failed and succeeded, and when it may
+        # take traffic again (an open circuit's next trial, or an upstream 429's cooldown).
+        "last_error_at": _when(state.last_failure_at),
+        "last_success_at": _when(state.last_success_at),
+        "next_trial_at": _when(
+            state.opened_at + gateway.settings.circuit_breaker_timeout_seconds
+            if candidate is not None and candidate.circuit is CircuitState.OPEN
+            else 0.0
+        ),
+        "cooldown_until": _when(state.cooldown_until if state.cooldown_until > now else 0.0),
     }
 
 
@@ -122,7 +139,7 @@ def health(
     models_out: dict[str, Any] = {}
     unhealthy: list[dict[str, Any]] = []
     for key, view in views.items():
-        entries = [_backend_entry(view, b, gateway) for b in view.model.backends]
+        entries = [_backend_entry(view, b, gateway, now) for b in view.model.backends]
         enabled = [e for e in entries if e["enabled"]]
         healthy_count = sum(1 for e in enabled if e["healthy"])
         models_out[key] = {
@@ -262,7 +279,7 @@ def model_weights(
     for key, view in model_views(gateway, now).items():
         if only is not None and key != only:
             continue
-        entries = [_backend_entry(view, b, gateway) for b in view.model.backends]
+        entries = [_backend_entry(view, b, gateway, now) for b in view.model.backends]
         models[key] = {
             "model_name": key,
             "display_name": view.model.name,
@@ -296,7 +313,7 @@ def backend_health(gateway: Gateway, now: float | None = None) -> dict[str, Any]
     now = now or time.time()
     out: dict[str, Any] = {}
     for key, view in model_views(gateway, now).items():
-        entries = [_backend_entry(view, b, gateway) for b in view.model.backends]
+        entries = [_backend_entry(view, b, gateway, now) for b in view.model.backends]
         out[key] = {
             "model_name": view.model.name,
             "enabled": view.model.enabled,
@@ -358,7 +375,7 @@ def smart_ai_weights(
     for key, view in model_views(gateway, now).items():
         if only is not None and key != only:
             continue
-        entries = [_backend_entry(view, b, gateway) for b in view.model.backends]
+        entries = [_backend_entry(view, b, gateway, now) for b in view.model.backends]
         backends = []
         for backend, e in zip(view.model.backends, entries, strict=True):
             state = gateway.store.state(backend.key)

@@ -76,10 +76,14 @@ class Candidate:
 
     @property
     def is_healthy(self) -> bool:
+        """Usable now, and the latest evidence is good: a backend whose latest attempt failed
+        (no success since) is not healthy, whatever its confidence."""
+        state = self.state
         return (
             self.available
             and self.circuit is CircuitState.CLOSED
-            and (self.confidence >= UNHEALTHY_CONFIDENCE)
+            and self.confidence >= UNHEALTHY_CONFIDENCE
+            and state.last_failure_at <= state.last_success_at
         )
 
 
