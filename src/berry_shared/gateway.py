@@ -44,6 +44,11 @@ class Gateway:
         if background_probes:
             self._background_probes.start()
 
+    def begin_shutdown(self, grace_seconds: float) -> None:
+        """The process is stopping: every stream in flight ends, with an SSE error event and a
+        properly finished body, within ``grace_seconds``."""
+        self.relay.end_streams_by(time.perf_counter() + grace_seconds)
+
     async def close(self) -> None:
         await self._background_probes.stop()
         await self.upstream.close()

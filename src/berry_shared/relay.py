@@ -176,6 +176,11 @@ class Relay:
         self.store = store
         self.upstream = upstream
         self.metrics = metrics
+        self.streams_end_by = float("inf")
+
+    def end_streams_by(self, deadline: float) -> None:
+        """Streams in flight end by ``deadline`` (``time.perf_counter()``): shutdown."""
+        self.streams_end_by = deadline
 
     # -- selection -------------------------------------------------------------------------
 
