@@ -522,7 +522,7 @@ def test_clients_leaving_mid_stream_free_every_upstream_connection(
     assert slow.stats()["in_flight"] > 0, "too late to tell: the upstream streams had ended"
     assert time.monotonic() - started < 10
     # Nothing is left checked out of Berry's aiohttp pool (read-only peek at its connector).
-    session = getattr(berry.gateway.upstream, "_session", None)
+    session = getattr(berry.gateway.transport, "_session", None)
     acquired = getattr(getattr(session, "connector", None), "_acquired", None)
     if acquired is not None:
         assert len(acquired) == 0

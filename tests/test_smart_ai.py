@@ -190,11 +190,14 @@ def test_stability_bonus_default_is_1_1() -> None:
     assert c.effective_weight == pytest.approx(1.1)
 
 
-def test_stability_bonus_can_change_the_leader() -> None:
+def test_stability_bonus_shifts_traffic_to_the_cheap_backend() -> None:
     settings = make_settings(non_premium_stability_bonus=1.5, exploration_ratio=0.0)
     backends = [backend("prem", 1.2, tags=["premium"]), backend("plain", 1.0)]
     cands = assess(backends, [healthy(0.95), healthy(0.95)], T0, settings)
-    assert selection_shares(cands, settings) == {"prem:m": 0.0, "plain:m": 1.0}
+    prem, plain = 1.2 * 0.95, 1.0 * 0.95 * 1.5
+    assert selection_shares(cands, settings) == pytest.approx(
+        {"prem:m": prem / (prem + plain), "plain:m": plain / (prem + plain)}
+    )
 
 
 # -- time decay -----------------------------------------------------------------------------
@@ -398,8 +401,8 @@ def test_next_tier_takes_over_when_top_tier_is_out(top_state: BackendState) -> N
     shares = selection_shares(cands, settings)
     assert shares["top:m"] == 0.0
     assert shares["d:m"] == 0.0
-    assert shares["b:m"] == pytest.approx(0.3 * 1 / 4)
-    assert shares["c:m"] == pytest.approx(0.7 + 0.3 * 3 / 4)
+    assert shares["b:m"] == pytest.approx(1 / 4)
+    assert shares["c:m"] == pytest.approx(3 / 4)
     plan = plan_attempts(cands, settings, random.Random(3))
     assert "top:m" not in [c.key for c in plan]
     assert plan[-1].key == "d:m"
@@ -425,35 +428,49 @@ def three(settings: Settings, weights: Sequence[float] = WEIGHTS) -> list[Candid
     return assess(backends, [healthy() for _ in backends], T0, settings)
 
 
-@pytest.mark.parametrize(
-    ("ratio", "expected"),
-    [
-        (0.2, {"a:m": 0.2 / 8, "b:m": 0.4 / 8, "c:m": 0.8 + 0.2 * 5 / 8}),
-        (0.3, {"a:m": 0.3 / 8, "b:m": 0.6 / 8, "c:m": 0.7 + 0.3 * 5 / 8}),
-        (1.0, {"a:m": 1 / 8, "b:m": 2 / 8, "c:m": 5 / 8}),
-        (0.0, {"a:m": 0.0, "b:m": 0.0, "c:m": 1.0}),
-    ],
-)
-def test_selection_shares_leader_plus_exploration(ratio: float, expected: dict[str, float]) -> None:
+@pytest.mark.parametrize("ratio", [0.0, 0.2, 0.5, 1.0])
+def test_equally_healthy_backends_share_traffic_as_configured(ratio: float) -> None:
+    """Berry API's docs: ``weight = 0.7  # 70% of traffic``, whatever the exploration."""
     settings = make_settings(exploration_ratio=ratio)
     shares = selection_shares(three(settings), settings)
-    assert shares == pytest.approx(expected)
+    assert shares == pytest.approx({"a:m": 1 / 8, "b:m": 2 / 8, "c:m": 5 / 8})
     assert sum(shares.values()) == pytest.approx(1.0)
+
+
+def test_weights_three_to_one_give_75_25() -> None:
+    settings = Settings(smart_ai=SmartAISettings(enable_time_decay=False))
+    cands = assess([backend("a", 3.0), backend("b", 1.0)], [healthy(), healthy()], T0, settings)
+    assert selection_shares(cands, settings) == pytest.approx({"a:m": 0.75, "b:m": 0.25})
+
+
+@pytest.mark.parametrize("ratio", [0.0, 0.2, 0.5, 1.0])
+def test_exploration_spreads_its_share_by_configured_weight(ratio: float) -> None:
+    """A demoted backend keeps ``exploration_ratio`` x its configured share, so it is measured."""
+    settings = make_settings(exploration_ratio=ratio)
+    backends = [backend("good", 1.0), backend("sick", 3.0)]
+    cands = assess(backends, [healthy(1.0), healthy(0.1)], T0, settings)
+    good, sick = cands[0].effective_weight, cands[1].effective_weight
+    assert sick == pytest.approx(3.0 * FLOOR_FACTOR)
+    expected = (1 - ratio) * sick / (good + sick) + ratio * 3 / 4
+    assert selection_shares(cands, settings)["sick:m"] == pytest.approx(expected)
 
 
 def test_selection_shares_default_exploration_is_0_2() -> None:
     settings = Settings(smart_ai=SmartAISettings(enable_time_decay=False))
-    shares = selection_shares(three(settings), settings)
-    assert shares["c:m"] == pytest.approx(0.8 + 0.2 * 5 / 8)
+    assert settings.smart_ai.exploration_ratio == 0.2
+    cands = assess([backend("a"), backend("b")], [healthy(1.0), healthy(0.1)], T0, settings)
+    ok, low = 1.0 * 1.1, FLOOR_FACTOR  # the default stability bonus
+    expected = 0.8 * low / (ok + low) + 0.2 * 0.5
+    assert selection_shares(cands, settings)["b:m"] == pytest.approx(expected)
 
 
 def test_selection_shares_ties_split_evenly() -> None:
-    settings = make_settings(exploration_ratio=0.2)
-    shares = selection_shares(three(settings, (2.0, 2.0, 1.0)), settings)
-    assert shares == pytest.approx({"a:m": 0.48, "b:m": 0.48, "c:m": 0.04})
-    settings = make_settings(exploration_ratio=0.0)
-    shares = selection_shares(three(settings, (3.0, 3.0, 3.0)), settings)
-    assert shares == pytest.approx({"a:m": 1 / 3, "b:m": 1 / 3, "c:m": 1 / 3})
+    for ratio in (0.0, 0.2):
+        settings = make_settings(exploration_ratio=ratio)
+        shares = selection_shares(three(settings, (2.0, 2.0, 1.0)), settings)
+        assert shares == pytest.approx({"a:m": 0.4, "b:m": 0.4, "c:m": 0.2})
+        shares = selection_shares(three(settings, (3.0, 3.0, 3.0)), settings)
+        assert shares == pytest.approx({"a:m": 1 / 3, "b:m": 1 / 3, "c:m": 1 / 3})
 
 
 def test_selection_shares_exclude_unavailable_and_sum_to_one() -> None:
@@ -461,7 +478,7 @@ def test_selection_shares_exclude_unavailable_and_sum_to_one() -> None:
     backends = [backend("a", 4.0), backend("b", 1.0), backend("c", 100.0)]
     cands = assess(backends, [healthy(), healthy(), opened()], T0, settings)
     shares = selection_shares(cands, settings)
-    assert shares == pytest.approx({"a:m": 0.5 + 0.5 * 0.8, "b:m": 0.5 * 0.2, "c:m": 0.0})
+    assert shares == pytest.approx({"a:m": 0.8, "b:m": 0.2, "c:m": 0.0})
     assert sum(shares.values()) == pytest.approx(1.0)
 
 
@@ -506,7 +523,21 @@ def _stat_cases() -> list[tuple[str, Settings, list[Candidate]]]:
         T0,
         s05,
     )
+    demoted = assess(
+        [backend("good", 1.0), backend("sick", 3.0), backend("mid", 2.0)],
+        [healthy(1.0), healthy(0.1), healthy(0.65)],
+        T0,
+        s02,
+    )
+    slow = assess(
+        [backend("fast", 1.0), backend("slow", 1.0), backend("slower", 2.0)],
+        [healthy(latency_ms=50.0), healthy(latency_ms=900.0), healthy(latency_ms=3000.0)],
+        T0,
+        s02,
+    )
     return [
+        ("demoted", s02, demoted),
+        ("slow", s02, slow),
         ("ties", s02, three(s02, (2.0, 2.0, 1.0))),
         ("ties-no-exploration", s0, three(s0, (3.0, 3.0, 1.0))),
         ("unequal", s02, three(s02)),
@@ -534,11 +565,11 @@ def test_first_pick_frequencies_match_selection_shares(
 
 def test_premium_case_expected_shares() -> None:
     """Pins the numbers behind the "premium" statistical case."""
-    _, settings, cands = _stat_cases()[5]
+    _, settings, cands = next(case for case in _stat_cases() if case[0] == "premium")
     w = {"prem:m": 1.2 * 0.95, "plain:m": 0.95 * 1.5, "c:m": 0.5 * 0.8}
-    total = sum(w.values())
-    expected = {k: 0.2 * v / total for k, v in w.items()}
-    expected["plain:m"] += 0.8
+    configured = {"prem:m": 1.2, "plain:m": 1.0, "c:m": 0.5}
+    total, total_configured = sum(w.values()), sum(configured.values())
+    expected = {k: 0.8 * v / total + 0.2 * configured[k] / total_configured for k, v in w.items()}
     assert selection_shares(cands, settings) == pytest.approx(expected)
 
 

@@ -119,6 +119,14 @@ class Seen:
     completed: bool = False
     client_gone: bool = False
 
+    def wait_completed(self, timeout: float = 5.0) -> bool:
+        """Whether the response was fully sent, waiting for the server's thread to record it
+        (a client can read the last byte before the fake's coroutine resumes)."""
+        deadline = time.monotonic() + timeout
+        while not self.completed and time.monotonic() < deadline:
+            time.sleep(0.002)
+        return self.completed
+
 
 @dataclass
 class Recorder:

@@ -7,7 +7,7 @@ import time
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from berry_shared.relay import parse_chat_request
+from berry_shared.chat_request import parse_chat_request
 
 from .common import RelayStreamingResponse, build_app, read_body
 from .serverless import lambda_handler

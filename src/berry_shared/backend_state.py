@@ -118,6 +118,17 @@ def record_success(state: BackendState, latency_ms: float, now: float, settings:
     state.requests += 1
     state.last_request_at = now
     state.last_success_at = max(state.last_success_at, now)
+    record_latency(state, latency_ms)
+
+
+def record_latency_floor(state: BackendState, at_least_ms: float) -> None:
+    """An attempt was cancelled after ``at_least_ms`` (another backend answered first): its
+    latency is at least that, so fold it in if it is more than what is known."""
+    if state.latency_ms is None or at_least_ms > state.latency_ms:
+        record_latency(state, at_least_ms)
+
+
+def record_latency(state: BackendState, latency_ms: float) -> None:
     if state.latency_ms is None:
         state.latency_ms = latency_ms
     else:

@@ -12,7 +12,8 @@ import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal, get_args
+from typing import Annotated, Any, ClassVar, Literal, get_args
+from urllib.parse import urlsplit
 
 from pydantic import (
     BaseModel,
@@ -75,6 +76,43 @@ class SmartAISettings(_Section):
         return self
 
 
+class HedgingSettings(_Section):
+    """A second attempt on another backend when the first is slower than that backend usually
+    is; the first answer wins and the other attempt is cancelled (see hedging.py)."""
+
+    enabled: bool = True
+    # Attempts in flight at once for one request (2: the first and one hedge).
+    max_parallel: Annotated[int, Field(ge=2, le=5)] = 2
+    # The delay is this quantile of the backend's recent latency, within the bounds below.
+    delay_quantile: Annotated[float, Field(ge=0.5, le=0.999)] = 0.95
+    min_delay_seconds: PositiveSeconds = 0.5
+    # Also the delay while a backend has fewer than min_samples recent latencies.
+    max_delay_seconds: PositiveSeconds = 10
+    min_samples: Annotated[int, Field(ge=1, le=100)] = 20
+
+    @model_validator(mode="after")
+    def _bounds(self) -> HedgingSettings:
+        if self.min_delay_seconds > self.max_delay_seconds:
+            raise ValueError("min_delay_seconds must not exceed max_delay_seconds")
+        return self
+
+
+class HedgingOverride(_Section):
+    """``[models.<key>.hedging]``: any of ``[settings.hedging]``'s keys, for one model."""
+
+    enabled: bool | None = None
+    max_parallel: Annotated[int, Field(ge=2, le=5)] | None = None
+    delay_quantile: Annotated[float, Field(ge=0.5, le=0.999)] | None = None
+    min_delay_seconds: PositiveSeconds | None = None
+    max_delay_seconds: PositiveSeconds | None = None
+    min_samples: Annotated[int, Field(ge=1, le=100)] | None = None
+
+    def apply(self, base: HedgingSettings) -> HedgingSettings:
+        return HedgingSettings.model_validate(
+            {**base.model_dump(), **self.model_dump(exclude_none=True)}
+        )
+
+
 class Settings(_Section):
     health_check_interval_seconds: PositiveSeconds = 30
     request_timeout_seconds: PositiveSeconds = 30
@@ -97,6 +135,10 @@ class Settings(_Section):
     cors_allow_origins: list[Annotated[str, Field(pattern=r"^(\*|https?://[^/\s]+)$")]] = []
     state_store: Literal["memory", "dynamodb"] = "memory"
     smart_ai: SmartAISettings = SmartAISettings()
+    hedging: HedgingSettings = HedgingSettings()
+
+
+BackendType = Literal["openai", "claude", "gemini", "bedrock"]
 
 
 class Provider(_Section):
@@ -109,7 +151,7 @@ class Provider(_Section):
     enabled: bool = True
     timeout_seconds: PositiveSeconds = 30
     max_retries: Annotated[int, Field(ge=0, le=20)] = 3
-    backend_type: Literal["openai"] = "openai"
+    backend_type: BackendType = "openai"
 
     @field_validator("base_url")
     @classmethod
@@ -128,11 +170,30 @@ class Provider(_Section):
                 raise ValueError(f"header {name!r} is set by Berry and cannot be overridden")
         return value
 
+    @model_validator(mode="after")
+    def _base_url_fits_type(self) -> Provider:
+        path = urlsplit(self.base_url).path.rstrip("/")
+        if self.backend_type == "bedrock" and path:
+            raise ValueError(
+                "base_url: a bedrock base_url is the runtime endpoint without a path, e.g. "
+                "https://bedrock-runtime.us-east-1.amazonaws.com"
+            )
+        return self
+
     @property
     def api_base(self) -> str:
         """The base URL ending in ``/v1``, whether or not the config wrote it."""
         base = self.base_url.rstrip("/")
         return base if base.endswith("/v1") else base + "/v1"
+
+
+class Price(_Section):
+    """USD per million tokens; cached prompt tokens cost ``cached_input_per_million`` (the
+    input price unless set)."""
+
+    input_per_million: Annotated[float, Field(ge=0)]
+    output_per_million: Annotated[float, Field(ge=0)]
+    cached_input_per_million: Annotated[float, Field(ge=0)] | None = None
 
 
 class Backend(_Section):
@@ -143,6 +204,7 @@ class Backend(_Section):
     enabled: bool = True
     tags: list[str] = []
     billing_mode: Literal["per_token", "per_request"] = "per_token"
+    price: Price | None = None
 
     @property
     def key(self) -> str:
@@ -159,15 +221,23 @@ class Model(_Section):
     strategy: Strategy = "smart_ai"
     enabled: bool = True
     backends: Annotated[list[Backend], Field(min_length=1)]
+    hedging: HedgingOverride | None = None
 
 
 class RateLimit(_Section):
     requests_per_minute: Annotated[int, Field(ge=1)] | None = None
     requests_per_hour: Annotated[int, Field(ge=1)] | None = None
     requests_per_day: Annotated[int, Field(ge=1)] | None = None
+    tokens_per_minute: Annotated[int, Field(ge=1)] | None = None
+    tokens_per_day: Annotated[int, Field(ge=1)] | None = None
+
+    def token_windows(self) -> list[tuple[int, int]]:
+        """``(window_seconds, token limit)`` for every token limit that is set."""
+        pairs = ((60, self.tokens_per_minute), (86400, self.tokens_per_day))
+        return [(seconds, limit) for seconds, limit in pairs if limit is not None]
 
     def windows(self) -> list[tuple[int, int]]:
-        """``(window_seconds, limit)`` for every limit that is set."""
+        """``(window_seconds, limit)`` for every request limit that is set."""
         pairs = (
             (60, self.requests_per_minute),
             (3600, self.requests_per_hour),
@@ -185,6 +255,8 @@ class User(_Section):
     tags: list[str] = []
     admin: bool | None = None
     rate_limit: RateLimit | None = None
+    # Spend (from backend prices) allowed per calendar month, UTC; then 429 insufficient_quota.
+    monthly_budget_usd: Annotated[float, Field(gt=0)] | None = None
 
     @property
     def is_admin(self) -> bool:
@@ -194,11 +266,60 @@ class User(_Section):
         return not self.allowed_models
 
 
+class LegacyGlobal(_Section):
+    """Berry API's older ``[global]`` section: its timeouts and retries become ``[settings]``
+    (where ``[settings]`` does not set them), the server keys are for ``berry serve``."""
+
+    host: str | None = None
+    port: Annotated[int, Field(ge=1, le=65535)] | None = None
+    log_level: str | None = None
+    health_check_interval: PositiveSeconds | None = None
+    request_timeout: PositiveSeconds | None = None
+    max_retries: Annotated[int, Field(ge=0, le=20)] | None = None
+
+    SETTINGS: ClassVar[tuple[tuple[str, str], ...]] = (
+        ("health_check_interval", "health_check_interval_seconds"),
+        ("request_timeout", "request_timeout_seconds"),
+        ("max_retries", "max_retries"),
+    )
+
+    def notes(self) -> list[str]:
+        notes = [
+            f"global.{old}: Berry API's [global] key, applied as settings.{new}"
+            for old, new in self.SETTINGS
+            if getattr(self, old) is not None
+        ]
+        notes.extend(
+            f"global.{key}: ignored; use berry serve --host/--port/--log-level or BIND_ADDRESS"
+            for key in ("host", "port", "log_level")
+            if getattr(self, key) is not None
+        )
+        return notes
+
+
 class Config(_Section):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    legacy_global: LegacyGlobal | None = Field(default=None, alias="global")
     settings: Settings = Settings()
     providers: dict[str, Provider] = {}
     models: dict[str, Model] = {}
     users: dict[str, User] = {}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _legacy_global(cls, data: Any) -> Any:
+        """Carry ``[global]``'s settings into ``[settings]`` unless it sets them itself."""
+        if not isinstance(data, dict) or not isinstance(data.get("global"), dict):
+            return data
+        settings = data.get("settings", {})
+        if not isinstance(settings, dict):
+            return data
+        settings = dict(settings)
+        for old, new in LegacyGlobal.SETTINGS:
+            if old in data["global"] and new not in settings:
+                settings[new] = data["global"][old]
+        return {**data, "settings": settings}
 
     @model_validator(mode="after")
     def _cross_references(self) -> Config:
@@ -232,9 +353,6 @@ class Config(_Section):
                 seen.add(backend.key)
         tokens: dict[str, str] = {}
         for user_id, user in self.users.items():
-            for model_ref in user.allowed_models:
-                if model_ref not in self.models and model_ref not in public_names:
-                    problems.append(f"users.{user_id}.allowed_models: unknown model {model_ref!r}")
             if user.token in tokens:
                 # The token itself is a secret: name only the users that share it.
                 problems.append(f"users.{user_id}.token: same token as users.{tokens[user.token]}")
@@ -254,6 +372,16 @@ class Config(_Section):
                 )
         if not self.users:
             notes.append("users: no users are configured, so every API request will get 401")
+        public_names = {model.name for model in self.models.values()}
+        for user_id, user in self.users.items():
+            for model_ref in user.allowed_models:
+                if model_ref not in self.models and model_ref not in public_names:
+                    notes.append(
+                        f"users.{user_id}.allowed_models: {model_ref!r} names no model "
+                        "(it grants nothing)"
+                    )
+        if self.legacy_global is not None:
+            notes.extend(self.legacy_global.notes())
         return notes
 
 

@@ -11,12 +11,13 @@ import time
 
 from .auth import Directory
 from .config import Config, load_config
+from .dialects import build_dialects
 from .metrics import Metrics
 from .probe import BackgroundProbes, HealthProber
 from .relay import Relay
 from .smart_ai import Candidate
 from .state import StateStore, create_store
-from .upstream import UpstreamClient
+from .transport import HttpTransport
 
 
 class Gateway:
@@ -25,10 +26,13 @@ class Gateway:
         self.settings = config.settings
         self.directory = Directory(config)
         self.store = store or create_store(config.settings)
-        self.upstream = UpstreamClient(config.providers)
+        self.transport = HttpTransport()
+        self.dialects = build_dialects(config.providers)
         self.metrics = Metrics()
-        self.relay = Relay(config, self.directory, self.store, self.upstream, self.metrics)
-        self.prober = HealthProber(config, self.store, self.upstream)
+        self.relay = Relay(
+            config, self.directory, self.store, self.transport, self.dialects, self.metrics
+        )
+        self.prober = HealthProber(config, self.store, self.transport, self.dialects)
         self._background_probes = BackgroundProbes(self.prober)
         self.started_at = time.time()
         self.metrics.watch_backends(self._backend_gauges)
@@ -51,7 +55,7 @@ class Gateway:
 
     async def close(self) -> None:
         await self._background_probes.stop()
-        await self.upstream.close()
+        await self.transport.close()
         await self.store.close()
 
     def assess_model(self, model_key: str, now: float | None = None) -> list[Candidate]:

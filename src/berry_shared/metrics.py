@@ -21,6 +21,8 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+from .usage import Usage
+
 NAMESPACE = "berry_api"
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 
@@ -59,6 +61,8 @@ class Metrics:
         self.backend_latency: dict[Labels, _Histogram] = {}  # (backend,)
         self.backend_ttft: dict[Labels, _Histogram] = {}  # (backend,)
         self.tokens: dict[Labels, int] = {}  # (backend, type)
+        self.hedged_requests: dict[Labels, int] = {}  # (model,)
+        self.hedge_wins: dict[Labels, int] = {}  # (backend,)
         self.chat_requests = 0
         self.chat_successes = 0
         self._backends: BackendSnapshot = list
@@ -86,14 +90,24 @@ class Metrics:
         key = (backend, error_type)
         self.backend_errors[key] = self.backend_errors.get(key, 0) + 1
 
-    def add_usage(self, backend: str, usage: object) -> None:
-        if not isinstance(usage, dict):
+    def add_usage(self, backend: str, usage: Usage | None) -> None:
+        if usage is None:
             return
-        for kind in ("prompt_tokens", "completion_tokens"):
-            count = usage.get(kind)
-            if isinstance(count, int) and count > 0:
-                key = (backend, kind.removesuffix("_tokens"))
+        for kind, count in (
+            ("prompt", usage.prompt_tokens),
+            ("completion", usage.completion_tokens),
+        ):
+            if count:
+                key = (backend, kind)
                 self.tokens[key] = self.tokens.get(key, 0) + count
+
+    def hedged(self, model: str) -> None:
+        """A request of ``model`` started a hedge (a parallel attempt on another backend)."""
+        self.hedged_requests[(model,)] = self.hedged_requests.get((model,), 0) + 1
+
+    def hedge_won(self, backend: str) -> None:
+        """A hedge attempt on ``backend`` answered before the attempt it was started beside."""
+        self.hedge_wins[(backend,)] = self.hedge_wins.get((backend,), 0) + 1
 
     # -- export -------------------------------------------------------------------------------
 
@@ -157,6 +171,18 @@ class _Exporter(Collector):
             m.backend_ttft,
         )
         yield _counter("tokens", "Tokens reported by upstream usage", ["backend", "type"], m.tokens)
+        yield _counter(
+            "hedged_requests",
+            "Requests that started a hedge: a parallel attempt on another backend",
+            ["model"],
+            m.hedged_requests,
+        )
+        yield _counter(
+            "hedge_wins",
+            "Hedge attempts that answered first (the attempt beside them was cancelled)",
+            ["backend"],
+            m.hedge_wins,
+        )
         health = GaugeMetricFamily(
             f"{NAMESPACE}_backend_health_status",
             "1 when the backend is healthy (circuit closed, confidence >= 0.3), else 0",

@@ -13,17 +13,15 @@ import logging
 import time
 from dataclasses import dataclass
 
-import orjson
-
 from .backend_state import BackendState, CircuitState, ErrorClass
 from .config import Backend, Config
+from .dialects import AttemptFailed, Dialect
+from .dialects.base import ERROR_BODY_LIMIT
 from .smart_ai import UNHEALTHY_CONFIDENCE
 from .state import StateStore
-from .upstream import TRANSPORT_ERRORS, UpstreamClient, classify_exception, classify_status
+from .transport import HttpTransport, ReadTimeout, TransportError
 
 logger = logging.getLogger("berry.probe")
-
-PROBE_MESSAGES = [{"role": "user", "content": "ping"}]
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,11 +42,18 @@ def needs_recovery(state: BackendState, now: float, config: Config) -> bool:
 
 
 class HealthProber:
-    def __init__(self, config: Config, store: StateStore, upstream: UpstreamClient) -> None:
+    def __init__(
+        self,
+        config: Config,
+        store: StateStore,
+        transport: HttpTransport,
+        dialects: dict[str, Dialect],
+    ) -> None:
         self.config = config
         self.settings = config.settings
         self.store = store
-        self.upstream = upstream
+        self.transport = transport
+        self.dialects = dialects
         self._last_probe: dict[str, float] = {}
 
     def probe_targets(self) -> list[Backend]:
@@ -88,19 +93,27 @@ class HealthProber:
 
     async def probe(self, backend: Backend, reason: str) -> ProbeResult:
         """One tiny chat request; any answer but a backend failure counts as alive."""
-        body = orjson.dumps({"model": backend.model, "messages": PROBE_MESSAGES, "max_tokens": 1})
+        dialect = self.dialects[backend.provider]
+        request = dialect.probe_request(backend.model)
         timeout = self.settings.health_check_timeout_seconds
         started = time.perf_counter()
         error: ErrorClass | None = None
         try:
             async with asyncio.timeout(timeout):
-                response = await self.upstream.post_chat(backend.provider, body)
-                async with response:
-                    await response.read()
+                response = await self.transport.send(request)
+                try:
+                    body = await response.read(ERROR_BODY_LIMIT)
+                finally:
+                    response.close()
+                if response.status >= 300:
                     # A 400 (say, max_tokens unsupported) still proves the backend is up.
-                    error = classify_status(response.status) if response.status >= 300 else None
-        except TRANSPORT_ERRORS as exc:
-            error = classify_exception(exc)
+                    outcome = dialect.failure(response.status, response.headers, body)
+                    if isinstance(outcome, AttemptFailed):
+                        error = outcome.error
+        except (TimeoutError, ReadTimeout):
+            error = ErrorClass.TIMEOUT
+        except TransportError:
+            error = ErrorClass.NETWORK
         latency_ms = (time.perf_counter() - started) * 1000
         if error is None:
             self.store.record_success(backend.key, latency_ms, time.time())

@@ -1,25 +1,29 @@
-"""The relay loop: pick backends with SmartAI, forward the request, fail over, report.
+"""The relay: admit a request, pick backends with SmartAI, race attempts, answer, record.
 
-One request: check the caller's rate limit, rank the model's eligible backends, then try
-them in order under one overall deadline until one answers. Nothing reaches the client
-before a backend has produced its first byte, so every failure up to then can fail over.
+One request: check the caller's limits, rank the model's eligible backends, then attempt them
+under one overall deadline. An attempt that fails hands over to the next backend (failover);
+an attempt that is slower than that backend usually is gets company on the next backend
+(a hedge), and whichever produces its first bytes first wins while the other is cancelled.
+Nothing reaches the client before a backend has produced its first bytes, so every failure up
+to then can fail over. Provider APIs are behind dialects; the relay never sees aiohttp.
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
+import contextlib
+import math
 import time
+from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any
 
-import aiohttp
-import orjson
-
+from .attempt import Answer, attempt
 from .auth import Caller, Directory
 from .backend_state import CircuitState, ErrorClass
-from .config import Config, Model
+from .chat_request import ChatRequest
+from .config import Config, HedgingSettings, Model
+from .dialects import AttemptFailed, ClientMistake, Dialect, StreamBroken, Unsupported
 from .errors import (
     BerryError,
     InvalidRequest,
@@ -29,87 +33,17 @@ from .errors import (
     error_json,
     retry_after_header,
 )
+from .hedging import LatencyTracker
 from .metrics import Metrics
 from .smart_ai import Candidate, assess, plan_attempts, retry_after_seconds
 from .state import StateStore
-from .upstream import (
-    TRANSPORT_ERRORS,
-    UpstreamClient,
-    classify_exception,
-    classify_status,
-    is_dropped_connection,
-    parse_retry_after,
-)
-
-SSE_DONE = b"data: [DONE]"
-logger = logging.getLogger("berry.relay")
+from .transport import HttpTransport, ReadTimeout, TransportError
 
 
 class UpstreamFailed(BerryError):
     status_code = 502
     error_type = "upstream_error"
     code = "upstream_error"
-
-
-@dataclass(slots=True)
-class ChatRequest:
-    """A validated chat request: the body as the client sent it, plus what Berry reads."""
-
-    body: dict[str, Any]
-    model: str
-    stream: bool
-    backend: str | None
-
-
-def parse_chat_request(raw: bytes) -> ChatRequest:
-    """Parse and check a chat body once; anything Berry does not read passes through."""
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        raise InvalidRequest(
-            "The request body is not valid JSON (it must be a UTF-8 JSON object).",
-            code="invalid_json",
-        ) from None
-    if not isinstance(body, dict):
-        raise InvalidRequest("The request body must be a JSON object.", code="invalid_json")
-    model = body.get("model")
-    if model is None:
-        raise InvalidRequest(
-            "Missing required parameter: 'model'.", param="model", code="missing_required_parameter"
-        )
-    if not isinstance(model, str) or not model.strip():
-        raise InvalidRequest(
-            "'model' must be a non-empty string.", param="model", code="invalid_type"
-        )
-    messages = body.get("messages")
-    if messages is None:
-        raise InvalidRequest(
-            "Missing required parameter: 'messages'.",
-            param="messages",
-            code="missing_required_parameter",
-        )
-    if not isinstance(messages, list) or not messages:
-        raise InvalidRequest(
-            "'messages' must be a non-empty array of message objects.",
-            param="messages",
-            code="invalid_type",
-        )
-    for index, message in enumerate(messages):
-        if not isinstance(message, dict) or not isinstance(message.get("role"), str):
-            raise InvalidRequest(
-                f"'messages[{index}]' must be an object with a string 'role'.",
-                param=f"messages[{index}]",
-                code="invalid_type",
-            )
-    stream = body.get("stream")
-    if stream is not None and not isinstance(stream, bool):
-        raise InvalidRequest("'stream' must be a boolean.", param="stream", code="invalid_type")
-    backend = body.pop("backend", None)
-    if backend is not None and (not isinstance(backend, str) or not backend):
-        raise InvalidRequest(
-            "'backend' must be a provider id (a string).", param="backend", code="invalid_type"
-        )
-    return ChatRequest(body, model, bool(stream), backend)
 
 
 @dataclass(slots=True)
@@ -124,37 +58,22 @@ class RelayResponse:
 
 
 @dataclass(slots=True)
-class _Attempt:
-    """The outcome of one backend attempt that did not fail over."""
-
-    response: aiohttp.ClientResponse
-    # The whole body of a plain answer, or the first chunk of a stream.
-    first_bytes: bytes
-    upstream_seconds: float
-    usage: object = None
-
-
-@dataclass(slots=True)
-class _Failure(Exception):
-    error: ErrorClass
-    detail: str
-    retry_after: float | None = None
-
-
-@dataclass(slots=True)
-class _ClientMistake(Exception):
-    """The upstream says the request itself is wrong: return its answer, do not fail over."""
-
-    status: int
-    content_type: str
-    body: bytes
-
-
-@dataclass(slots=True)
 class _Tally:
+    """What one request cost and learned, for its headers, metrics and error message."""
+
+    started: float
     attempts: int = 0
     upstream_seconds: float = 0.0
-    failures: list[tuple[str, _Failure]] = field(default_factory=list)
+    failures: list[tuple[str, AttemptFailed]] = field(default_factory=list)
+    unsupported: list[Unsupported] = field(default_factory=list)
+    hedged: bool = False
+
+
+@dataclass(slots=True)
+class _Running:
+    candidate: Candidate
+    started: float
+    hedge: bool
 
 
 def sse_error_event(message: str, code: str) -> bytes:
@@ -167,20 +86,37 @@ class Relay:
         config: Config,
         directory: Directory,
         store: StateStore,
-        upstream: UpstreamClient,
+        transport: HttpTransport,
+        dialects: dict[str, Dialect],
         metrics: Metrics,
     ) -> None:
         self.config = config
         self.settings = config.settings
         self.directory = directory
         self.store = store
-        self.upstream = upstream
+        self.transport = transport
+        self.dialects = dialects
         self.metrics = metrics
-        self.streams_end_by = float("inf")
+        self.latencies = LatencyTracker()
+        self.streams_end_by = math.inf
+        # Streams waiting for upstream bytes; shutdown moves their deadlines forward.
+        self._stream_timeouts: set[asyncio.Timeout] = set()
+        self._hedging = {
+            key: model.hedging.apply(self.settings.hedging) if model.hedging else None
+            for key, model in config.models.items()
+        }
 
     def end_streams_by(self, deadline: float) -> None:
         """Streams in flight end by ``deadline`` (``time.perf_counter()``): shutdown."""
-        self.streams_end_by = deadline
+        self.streams_end_by = min(self.streams_end_by, deadline)
+        loop_deadline = asyncio.get_running_loop().time() + (deadline - time.perf_counter())
+        for timeout in self._stream_timeouts:
+            when = timeout.when()
+            if when is None or when > loop_deadline:
+                timeout.reschedule(loop_deadline)
+
+    def hedging_for(self, model_key: str) -> HedgingSettings:
+        return self._hedging.get(model_key) or self.settings.hedging
 
     # -- selection -------------------------------------------------------------------------
 
@@ -191,9 +127,9 @@ class Relay:
 
     # -- the request -----------------------------------------------------------------------
 
-    async def chat(self, caller: Caller, request: ChatRequest, started: float) -> RelayResponse:
+    async def chat(self, caller: Caller, chat: ChatRequest, started: float) -> RelayResponse:
         """Serve one chat request; ``started`` is ``time.perf_counter()`` at arrival."""
-        _, model = self.directory.model_for(caller, request.model)
+        model_key, model = self.directory.model_for(caller, chat.model)
         now = time.time()
         limits = caller.user.rate_limit
         if limits is not None and (windows := limits.windows()):
@@ -205,11 +141,11 @@ class Relay:
                     headers={"Retry-After": str(seconds)},
                 )
         candidates = self.candidates(caller, model, now)
-        if request.backend is not None:
-            candidates = [c for c in candidates if c.backend.provider == request.backend]
+        if chat.backend is not None:
+            candidates = [c for c in candidates if c.backend.provider == chat.backend]
             if not candidates:
                 raise InvalidRequest(
-                    f"The backend '{request.backend}' does not serve '{request.model}' "
+                    f"The backend '{chat.backend[:200]}' does not serve '{chat.model[:200]}' "
                     "for your token.",
                     param="backend",
                     code="invalid_backend",
@@ -219,148 +155,166 @@ class Relay:
         if not plan:
             wait = retry_after_seconds((c.state for c in candidates), now, self.settings)
             raise NoBackendAvailable(
-                f"No backend for '{request.model}' is available right now; retry after {wait} s.",
-                headers={"Retry-After": str(wait)},
+                f"No backend for '{chat.model[:200]}' is available right now; "
+                f"retry after {wait} s.",
+                headers={"Retry-After": str(wait), **self._headers(None, _Tally(started))},
             )
-        response = await self._serve(request, plan, started)
+        tally = _Tally(started)
+        race_started = time.perf_counter()
+        try:
+            outcome = await self._race(chat, plan, self.hedging_for(model_key), tally)
+        finally:
+            tally.upstream_seconds = time.perf_counter() - race_started
+            if tally.hedged:
+                self.metrics.hedged(model_key)
+        if isinstance(outcome, ClientMistake):
+            return RelayResponse(
+                outcome.status,
+                outcome.content_type,
+                self._headers(None, tally),
+                outcome.body,
+            )
+        if outcome is None:
+            error = self._all_failed(chat, tally)
+            error.headers.update(self._headers(None, tally))
+            raise error
         self.metrics.chat_successes += 1
-        return response
+        if chat.stream:
+            return self._respond_stream(outcome, tally)
+        return self._respond(outcome, tally)
 
-    async def _serve(
-        self, request: ChatRequest, plan: list[Candidate], started: float
-    ) -> RelayResponse:
+    async def _race(
+        self, chat: ChatRequest, plan: list[Candidate], hedging: HedgingSettings, tally: _Tally
+    ) -> Answer | ClientMistake | None:
+        """Attempt the plan in order, one at a time, adding a hedge whenever the newest attempt
+        is slower than its backend usually is; the first answer wins."""
         settings = self.settings
-        deadline = started + settings.request_timeout_seconds
-        tally = _Tally()
+        deadline = tally.started + settings.request_timeout_seconds
+        pending = deque(plan)
+        running: dict[asyncio.Task[Answer], _Running] = {}
         per_provider: dict[str, int] = {}
-        providers = self.config.providers
-        for candidate in plan:
-            if tally.attempts > settings.max_retries:
-                break
+        hedge_at = math.inf
+        try:
+            while True:
+                now = time.perf_counter()
+                may_start = (
+                    tally.attempts <= settings.max_retries and now < deadline and bool(pending)
+                )
+                if may_start and (
+                    not running or (now >= hedge_at and len(running) < hedging.max_parallel)
+                ):
+                    started = await self._start(pending, running, per_provider, chat, tally)
+                    if started is None:
+                        hedge_at = math.inf
+                        if not running:
+                            return None
+                        continue
+                    tally.attempts += 1
+                    if started.hedge:
+                        tally.hedged = True
+                    hedge_at = math.inf
+                    if hedging.enabled and pending:
+                        delay = self.latencies.hedge_delay(
+                            started.candidate.key, chat.stream, hedging
+                        )
+                        hedge_at = started.started + delay
+                    continue
+                if not running:
+                    return None
+                wait_until = min(deadline, hedge_at) if pending else deadline
+                done, _ = await asyncio.wait(
+                    running,
+                    timeout=max(0.0, wait_until - time.perf_counter()),
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+                for task in done:
+                    info = running.pop(task)
+                    try:
+                        answer = task.result()
+                    except AttemptFailed as failure:
+                        self._failed(info.candidate, failure)
+                        tally.failures.append((info.candidate.key, failure))
+                        continue
+                    except ClientMistake as mistake:
+                        return mistake
+                    self.latencies.add(info.candidate.key, chat.stream, answer.seconds)
+                    if info.hedge:
+                        self.metrics.hedge_won(info.candidate.key)
+                    return answer
+                if not done and time.perf_counter() >= deadline:
+                    return None
+        finally:
+            self._cancel_losers(running, chat.stream)
+
+    async def _start(
+        self,
+        pending: deque[Candidate],
+        running: dict[asyncio.Task[Answer], _Running],
+        per_provider: dict[str, int],
+        chat: ChatRequest,
+        tally: _Tally,
+    ) -> _Running | None:
+        """Start an attempt on the next backend that may take one; None if none may."""
+        settings = self.settings
+        deadline = tally.started + settings.request_timeout_seconds
+        while pending:
+            candidate = pending.popleft()
             backend = candidate.backend
-            provider = providers[backend.provider]
+            dialect = self.dialects[backend.provider]
+            provider = dialect.provider
             if per_provider.get(backend.provider, 0) > provider.max_retries:
                 continue
-            remaining = deadline - time.perf_counter()
-            if remaining <= 0:
-                break
-            budget = min(provider.timeout_seconds, remaining)
+            budget = min(provider.timeout_seconds, deadline - time.perf_counter())
+            if budget <= 0:
+                return None
+            try:
+                request = dialect.chat_request(chat, backend.model)
+            except Unsupported as unsupported:
+                tally.unsupported.append(unsupported)
+                continue
             if candidate.circuit is CircuitState.HALF_OPEN and not await self.store.acquire_trial(
                 backend.key, time.time(), budget
             ):
                 continue
-            tally.attempts += 1
             per_provider[backend.provider] = per_provider.get(backend.provider, 0) + 1
-            body = orjson.dumps({**request.body, "model": backend.model})
-            attempt_started = time.perf_counter()
-            try:
-                attempt = await self._attempt(candidate, body, request.stream, budget)
-            except _Failure as failure:
-                tally.upstream_seconds += time.perf_counter() - attempt_started
-                self._failed(candidate, failure)
-                tally.failures.append((backend.key, failure))
-                continue
-            except _ClientMistake as mistake:
-                tally.upstream_seconds += time.perf_counter() - attempt_started
-                return RelayResponse(
-                    mistake.status,
-                    mistake.content_type,
-                    self._headers(candidate, tally, started),
-                    mistake.body,
+            task = asyncio.create_task(
+                attempt(
+                    self.transport,
+                    candidate,
+                    dialect,
+                    chat,
+                    request,
+                    budget,
+                    settings.max_internal_retries,
+                    settings.max_response_body_bytes,
                 )
-            tally.upstream_seconds += attempt.upstream_seconds
-            if request.stream:
-                return self._respond_stream(attempt, candidate, tally, started)
-            return self._respond(attempt, candidate, tally, started)
-        error = self._all_failed(request, tally, deadline)
-        error.headers.update(self._headers(None, tally, started))
-        raise error
-
-    async def _attempt(
-        self, candidate: Candidate, body: bytes, stream: bool, budget: float
-    ) -> _Attempt:
-        """One backend, up to ``max_internal_retries`` more times if the connection dropped."""
-        backend = candidate.backend
-        started = time.perf_counter()
-        internal_retries = self.settings.max_internal_retries
-        while True:
-            try:
-                async with asyncio.timeout(budget - (time.perf_counter() - started)):
-                    response = await self.upstream.post_chat(backend.provider, body)
-                    try:
-                        first, usage = await self._first_bytes(response, stream)
-                    except BaseException:
-                        response.close()
-                        raise
-                return _Attempt(response, first, time.perf_counter() - started, usage)
-            except TRANSPORT_ERRORS as exc:
-                if is_dropped_connection(exc):
-                    # Most often a pooled keep-alive connection the backend had already
-                    # closed: not its fault, so try it again on a fresh connection.
-                    if internal_retries > 0 and time.perf_counter() - started < budget:
-                        internal_retries -= 1
-                        continue
-                    raise _Failure(
-                        ErrorClass.NETWORK, "connection dropped by the backend"
-                    ) from None
-                error = classify_exception(exc)
-                detail = "timed out" if error is ErrorClass.TIMEOUT else "connection failed"
-                raise _Failure(error, detail) from None
-            except (_Failure, _ClientMistake):
-                raise
-            except Exception as exc:
-                # A bug or an odd answer must cost one backend, not the whole request.
-                logger.warning("unexpected %s from backend %s", type(exc).__name__, backend.key)
-                raise _Failure(ErrorClass.SERVER, "unexpected error") from None
-
-    async def _first_bytes(
-        self, response: aiohttp.ClientResponse, stream: bool
-    ) -> tuple[bytes, object]:
-        """Read enough of an answer to know it is good; raise _Failure or _ClientMistake.
-
-        Returns the bytes read (a whole JSON body, or a stream's first chunk) and the
-        ``usage`` object of a JSON body.
-        """
-        status = response.status
-        content_type = response.headers.get("Content-Type", "")
-        if status >= 300:
-            error = classify_status(status)
-            body = await response.read()
-            if error is None:
-                response.release()
-                raise _ClientMistake(status, content_type or "application/json", body)
-            response.release()
-            raise _Failure(
-                error, f"HTTP {status}", parse_retry_after(response.headers.get("Retry-After"))
             )
-        if stream:
-            if not content_type.startswith("text/event-stream"):
-                raise _Failure(ErrorClass.SERVER, f"stream answered with {content_type!r}")
-            first = await response.content.readany()
-            if not first:
-                raise _Failure(ErrorClass.SERVER, "stream ended before its first event")
-            return first, None
-        body = await response.read()
-        response.release()
-        try:
-            parsed = orjson.loads(body) if "json" in content_type else None
-        except orjson.JSONDecodeError:
-            parsed = None
-        if not isinstance(parsed, dict):
-            raise _Failure(ErrorClass.SERVER, "answered with a body that is not a JSON object")
-        return body, parsed.get("usage")
+            info = _Running(candidate, time.perf_counter(), hedge=bool(running))
+            running[task] = info
+            return info
+        return None
+
+    def _cancel_losers(self, running: dict[asyncio.Task[Answer], _Running], stream: bool) -> None:
+        """Cancel attempts still in flight (their connections close, so the providers stop
+        generating). A loser did not fail: it was only slower. What it showed - that it takes
+        at least this long - is kept as a latency floor."""
+        now = time.perf_counter()
+        for task, info in running.items():
+            task.cancel()
+            task.add_done_callback(_close_late_answer)
+            elapsed = now - info.started
+            self.latencies.add(info.candidate.key, stream, elapsed)
+            self.store.record_latency_floor(info.candidate.key, elapsed * 1000, time.time())
 
     # -- outcomes --------------------------------------------------------------------------
 
-    def _failed(self, candidate: Candidate, failure: _Failure) -> None:
+    def _failed(self, candidate: Candidate, failure: AttemptFailed) -> None:
         self.store.record_failure(candidate.key, failure.error, time.time(), failure.retry_after)
         self.metrics.attempt_failed(candidate.key, failure.error.value)
 
-    def _headers(
-        self, candidate: Candidate | None, tally: _Tally, started: float
-    ) -> dict[str, str]:
+    def _headers(self, candidate: Candidate | None, tally: _Tally) -> dict[str, str]:
         """Who served (if anyone did), how many backends were tried, and Berry's own time."""
-        overhead = (time.perf_counter() - started - tally.upstream_seconds) * 1000
+        overhead = (time.perf_counter() - tally.started - tally.upstream_seconds) * 1000
         headers = {
             "x-berry-attempts": str(tally.attempts),
             "x-berry-overhead-ms": f"{max(overhead, 0.0):.2f}",
@@ -369,57 +323,66 @@ class Relay:
             headers["x-berry-backend"] = candidate.key
         return headers
 
-    def _respond(
-        self, attempt: _Attempt, candidate: Candidate, tally: _Tally, started: float
-    ) -> RelayResponse:
-        latency = attempt.upstream_seconds
-        self.store.record_success(candidate.key, latency * 1000, time.time())
-        self.metrics.attempt_succeeded(candidate.key, latency, streamed=False)
-        self.metrics.add_usage(candidate.key, attempt.usage)
-        content_type = attempt.response.headers.get("Content-Type", "application/json")
+    def _respond(self, answer: Answer, tally: _Tally) -> RelayResponse:
+        key = answer.candidate.key
+        self.store.record_success(key, answer.seconds * 1000, time.time())
+        self.metrics.attempt_succeeded(key, answer.seconds, streamed=False)
+        self.metrics.add_usage(key, answer.usage)
         return RelayResponse(
-            attempt.response.status,
-            content_type,
-            self._headers(candidate, tally, started),
-            attempt.first_bytes,
+            200, answer.content_type, self._headers(answer.candidate, tally), answer.first
         )
 
-    def _respond_stream(
-        self, attempt: _Attempt, candidate: Candidate, tally: _Tally, started: float
-    ) -> RelayResponse:
-        headers = self._headers(candidate, tally, started)
+    def _respond_stream(self, answer: Answer, tally: _Tally) -> RelayResponse:
+        headers = self._headers(answer.candidate, tally)
         headers["Cache-Control"] = "no-cache"
-        return RelayResponse(
-            200,
-            attempt.response.headers.get("Content-Type", "text/event-stream"),
-            headers,
-            stream=self._pass_through(attempt, candidate),
-        )
+        return RelayResponse(200, "text/event-stream", headers, stream=self._stream(answer))
 
-    async def _pass_through(self, attempt: _Attempt, candidate: Candidate) -> AsyncIterator[bytes]:
-        """Relay a stream chunk by chunk; a broken stream ends with an SSE error event."""
-        response = attempt.response
+    async def _stream(self, answer: Answer) -> AsyncIterator[bytes]:
+        """Relay a stream as it arrives; a stream that breaks, goes silent for the provider's
+        timeout, or outlives ``max_stream_duration_seconds`` ends with an SSE error event."""
+        response, decoder, candidate = answer.response, answer.decoder, answer.candidate
+        assert decoder is not None
         key = candidate.key
-        tail = attempt.first_bytes[-32:]
-        failure: _Failure | None = None
-        complete = False
+        loop = asyncio.get_running_loop()
+        ends_at = loop.time() + self.settings.max_stream_duration_seconds
+        failure: AttemptFailed | None = None
+        cut: tuple[str, str] | None = None
+        complete = answer.finished
         try:
-            yield attempt.first_bytes
-            try:
-                async for chunk in response.content.iter_any():
-                    tail = (tail + chunk)[-32:]
-                    yield chunk
-            except TRANSPORT_ERRORS as exc:
-                failure = _Failure(classify_exception(exc), "the stream broke off")
-            else:
-                complete = SSE_DONE in tail
-                if not complete:
-                    failure = _Failure(ErrorClass.SERVER, "the stream ended without [DONE]")
+            yield answer.first
+            while not complete:
+                limit = min(ends_at, loop.time() + (self.streams_end_by - time.perf_counter()))
+                try:
+                    async with asyncio.timeout_at(limit) as timeout:
+                        self._stream_timeouts.add(timeout)
+                        try:
+                            data = await response.read_chunk()
+                        finally:
+                            self._stream_timeouts.discard(timeout)
+                except TimeoutError:
+                    cut = self._cut_reason()
+                    break
+                except ReadTimeout:
+                    failure = AttemptFailed(ErrorClass.TIMEOUT, "the stream went silent")
+                    break
+                except TransportError:
+                    failure = AttemptFailed(ErrorClass.NETWORK, "the stream broke off")
+                    break
+                try:
+                    out = decoder.feed(data) if data else decoder.finish()
+                except StreamBroken as broken:
+                    failure = AttemptFailed(broken.error, broken.detail)
+                    break
+                complete = not data
+                if out:
+                    yield out
             if failure is not None:
                 yield sse_error_event(
                     f"The backend {key} stopped before the answer was complete ({failure.detail}).",
                     "stream_interrupted",
                 )
+            elif cut is not None:
+                yield sse_error_event(*cut)
         finally:
             if complete:
                 response.release()
@@ -428,33 +391,53 @@ class Relay:
             if failure is not None:
                 self._failed(candidate, failure)
             else:
-                # Complete, or the client left: either way the backend did its part.
-                self.store.record_success(key, attempt.upstream_seconds * 1000, time.time())
-                self.metrics.attempt_succeeded(key, attempt.upstream_seconds, streamed=True)
+                # Complete, cut by Berry, or the client left: the backend did its part.
+                self.store.record_success(key, answer.seconds * 1000, time.time())
+                self.metrics.attempt_succeeded(key, answer.seconds, streamed=True)
+            self.metrics.add_usage(key, decoder.usage)
 
-    def _all_failed(self, request: ChatRequest, tally: _Tally, deadline: float) -> BerryError:
+    def _cut_reason(self) -> tuple[str, str]:
+        """Why Berry itself ended a stream: shutdown, or it ran too long."""
+        if time.perf_counter() >= self.streams_end_by:
+            return "Berry is shutting down; the stream was ended.", "server_shutting_down"
+        longest = self.settings.max_stream_duration_seconds
+        return f"The stream ran longer than {longest:g} s.", "stream_too_long"
+
+    def _all_failed(self, chat: ChatRequest, tally: _Tally) -> BerryError:
         failures = tally.failures
+        model = chat.model[:200]
         summary = "; ".join(f"{key}: {f.error.value} ({f.detail})" for key, f in failures)
+        deadline = tally.started + self.settings.request_timeout_seconds
         if time.perf_counter() >= deadline or (
             failures and failures[-1][1].error is ErrorClass.TIMEOUT
         ):
-            return UpstreamTimeout(
-                f"No backend for '{request.model}' answered in time. {summary}".strip()
-            )
+            return UpstreamTimeout(f"No backend for '{model}' answered in time. {summary}".strip())
         if failures and all(f.error is ErrorClass.RATE_LIMIT for _, f in failures):
             waits = [f.retry_after for _, f in failures if f.retry_after]
             wait = retry_after_header(min(waits)) if waits else 1
             return RateLimited(
-                f"Every backend for '{request.model}' is rate limited upstream. {summary}",
+                f"Every backend for '{model}' is rate limited upstream. {summary}",
                 code="upstream_rate_limited",
                 headers={"Retry-After": str(wait)},
             )
+        if not failures and tally.unsupported:
+            first = tally.unsupported[0]
+            return InvalidRequest(first.message, param=first.param, code="unsupported_parameter")
         if not failures:
             return NoBackendAvailable(
-                f"No backend for '{request.model}' could take the request (all busy with "
+                f"No backend for '{model}' could take the request (all busy with "
                 "recovery trials); retry shortly.",
                 headers={"Retry-After": "1"},
             )
         return UpstreamFailed(
-            f"All {len(failures)} backend attempt(s) for '{request.model}' failed: {summary}"
+            f"All {len(failures)} backend attempt(s) for '{model}' failed: {summary}"
         )
+
+
+def _close_late_answer(task: asyncio.Task[Answer]) -> None:
+    """A cancelled attempt may still have finished first: close its answer, and retrieve its
+    exception so asyncio does not report it as never retrieved."""
+    if task.cancelled():
+        return
+    with contextlib.suppress(BaseException):
+        task.result().close()

@@ -1,9 +1,9 @@
 """SmartAI: which backend serves a request, and in what order the others are tried.
 
 Pure functions over a model's backends and their ``BackendState``. The weight a backend gets
-is ``weight x confidence factor x latency factor x stability bonus``; the selector sends
-``1 - exploration_ratio`` of the traffic to the heaviest backend of the preferred priority tier
-and spreads the rest in proportion to weight, so weaker backends keep being measured.
+is ``weight x confidence factor x latency factor x stability bonus``; ``selection_shares`` is
+the one policy that turns weights into the probability of serving the next request, and
+``plan_attempts`` draws from it.
 """
 
 from __future__ import annotations
@@ -33,8 +33,6 @@ FLOOR_FACTOR = 0.05
 LATENCY_GRACE_MS = 100.0
 # The least a latency factor can be, so a slow backend is demoted, never starved.
 MIN_LATENCY_FACTOR = 0.25
-# Weights closer than this are a tie, shared evenly, so equal backends split traffic evenly.
-TIE_TOLERANCE = 1e-9
 
 _RNG = random.Random()
 
@@ -130,24 +128,32 @@ def _preferred_tier(candidates: Iterable[Candidate]) -> list[Candidate]:
 
 
 def selection_shares(candidates: Sequence[Candidate], settings: Settings) -> dict[str, float]:
-    """The probability that each backend is picked first for the next request."""
+    """The probability that each backend serves the next request: SmartAI's one policy.
+
+    A half-open backend takes the next request as its trial. Otherwise, within the preferred
+    priority tier, traffic is drawn at random in proportion to a blend: ``1 - exploration_ratio``
+    of it by effective weight (configured weight x health x latency) and ``exploration_ratio``
+    by configured weight alone. Equally healthy, equally fast backends therefore share traffic
+    exactly as configured (``weight = 0.7`` is 70%), and a demoted backend keeps getting a
+    measured trickle, in proportion to its configured weight, so it can earn its weight back.
+    ``plan_attempts`` draws from exactly these numbers.
+    """
     shares = {c.key: 0.0 for c in candidates}
     trials = [c for c in candidates if c.available and c.circuit is CircuitState.HALF_OPEN]
     if trials:
-        # A half-open backend takes the next request as its trial (see plan_attempts).
         shares[trials[0].key] = 1.0
         return shares
     tier = _preferred_tier(candidates)
-    if not tier:
+    if len(tier) <= 1:
+        shares.update((c.key, 1.0) for c in tier)
         return shares
     ratio = settings.smart_ai.exploration_ratio
-    total = sum(c.effective_weight for c in tier)
-    top = max(c.effective_weight for c in tier)
-    leaders = [c for c in tier if top - c.effective_weight <= TIE_TOLERANCE * top]
+    effective = sum(c.effective_weight for c in tier)
+    configured = sum(c.backend.weight for c in tier)
     for c in tier:
-        shares[c.key] += ratio * c.effective_weight / total
-    for c in leaders:
-        shares[c.key] += (1.0 - ratio) / len(leaders)
+        shares[c.key] = (1.0 - ratio) * c.effective_weight / effective + (
+            ratio * c.backend.weight / configured
+        )
     return shares
 
 
@@ -156,31 +162,24 @@ def plan_attempts(
 ) -> list[Candidate]:
     """The order in which backends are tried for one request; empty if none is available.
 
-    First a half-open backend (its trial), else SmartAI's pick from the preferred tier; then
-    every other available backend, best tier and heaviest first, as failover targets.
+    First one drawn by ``selection_shares``; then every other available backend, best tier and
+    heaviest first, as failover (and hedging) targets.
     """
-    rng = rng or _RNG
     usable = [c for c in candidates if c.available and c.effective_weight > 0]
     if not usable:
         return []
-    trials = [c for c in usable if c.circuit is CircuitState.HALF_OPEN]
-    if trials:
-        first = trials[0]
+    shares = selection_shares(usable, settings)
+    drawn = [c for c in usable if shares[c.key] > 0]
+    if len(drawn) == 1:
+        first = drawn[0]
     else:
-        tier = _preferred_tier(usable)
-        if len(tier) == 1:
-            first = tier[0]
-        elif rng.random() < settings.smart_ai.exploration_ratio:
-            first = rng.choices(tier, weights=[c.effective_weight for c in tier])[0]
-        else:
-            top = max(c.effective_weight for c in tier)
-            leaders = [c for c in tier if top - c.effective_weight <= TIE_TOLERANCE * top]
-            first = leaders[0] if len(leaders) == 1 else rng.choice(leaders)
+        first = (rng or _RNG).choices(drawn, weights=[shares[c.key] for c in drawn])[0]
     rest = sorted(
         (c for c in usable if c is not first),
         key=lambda c: (
             c.circuit is CircuitState.HALF_OPEN,
             c.backend.priority,
+            -shares[c.key],
             -c.effective_weight,
         ),
     )

@@ -17,6 +17,7 @@ from ..backend_state import (
     ErrorClass,
     new_state,
     record_failure,
+    record_latency_floor,
     record_success,
 )
 from ..config import Settings
@@ -50,6 +51,10 @@ class StateStore(ABC):
         self, key: str, error: ErrorClass, now: float, retry_after: float | None = None
     ) -> None:
         record_failure(self.state(key), error, now, self.settings, retry_after)
+
+    def record_latency_floor(self, key: str, at_least_ms: float, now: float) -> None:
+        """A cancelled attempt (a hedge race lost) took at least ``at_least_ms``."""
+        record_latency_floor(self.state(key), at_least_ms)
 
     @abstractmethod
     async def acquire_trial(self, key: str, now: float, lease_seconds: float) -> bool:
