@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable, Mapping
 
 from ..config import Provider
@@ -14,7 +15,6 @@ from .base import (
     StreamDecoder,
     Unsupported,
 )
-from .openai import OpenAIDialect
 
 __all__ = [
     "AttemptFailed",
@@ -30,11 +30,22 @@ __all__ = [
 DialectFactory = Callable[[str, Provider], Dialect]
 
 
-def _factories() -> dict[str, DialectFactory]:
-    return {"openai": OpenAIDialect}
+# backend_type -> module and class. Imported only when a provider uses it, so a deployment
+# without Bedrock never loads botocore's signer, and cold starts stay short.
+DIALECTS = {
+    "openai": ("openai", "OpenAIDialect"),
+    "claude": ("anthropic", "AnthropicDialect"),
+    "gemini": ("gemini", "GeminiDialect"),
+    "bedrock": ("bedrock", "BedrockDialect"),
+}
+
+
+def dialect_class(backend_type: str) -> DialectFactory:
+    module, name = DIALECTS[backend_type]
+    factory: DialectFactory = getattr(importlib.import_module(f".{module}", __name__), name)
+    return factory
 
 
 def build_dialects(providers: Mapping[str, Provider]) -> dict[str, Dialect]:
     """One dialect per provider, by its ``backend_type``."""
-    factories = _factories()
-    return {pid: factories[p.backend_type](pid, p) for pid, p in providers.items()}
+    return {pid: dialect_class(p.backend_type)(pid, p) for pid, p in providers.items()}
