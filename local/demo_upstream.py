@@ -24,6 +24,7 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
+import math
 import random
 import socket
 import sys
@@ -61,6 +62,13 @@ class Behaviour:
 
     name: str = "demo"
     latency_ms: float = 0
+    # > 0: latency varies, log-normally around latency_ms (its median) with this sigma.
+    latency_sigma: float = 0
+    # This share of requests stalls stall_ms before answering (a sometimes-slow backend).
+    stall_rate: float = 0.0
+    stall_ms: float = 0
+    # > 0: every stall_every-th chat request stalls instead (deterministic, for tests).
+    stall_every: int = 0
     first_byte_delay_ms: float = 0
     chunk_delay_ms: float = 0
     stream_chunks: int = 5
@@ -74,11 +82,21 @@ class Behaviour:
 
 def _coerce_field(key: str, value: Any) -> Any:
     """Validate one JSON value for a Behaviour field (raises ValueError/TypeError)."""
-    if key in ("latency_ms", "first_byte_delay_ms", "chunk_delay_ms", "failure_rate"):
+    if key in (
+        "latency_ms",
+        "latency_sigma",
+        "stall_rate",
+        "stall_ms",
+        "first_byte_delay_ms",
+        "chunk_delay_ms",
+        "failure_rate",
+    ):
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise TypeError(f"{key} must be a number")
         return float(value)
-    if key in ("stream_chunks", "failure_status") or (key == "retry_after" and value is not None):
+    if key in ("stream_chunks", "failure_status", "stall_every") or (
+        key == "retry_after" and value is not None
+    ):
         if isinstance(value, bool) or not isinstance(value, int):
             raise TypeError(f"{key} must be an integer")
         return value
@@ -161,6 +179,8 @@ class DemoApp:
     def __init__(self, behaviour: Behaviour) -> None:
         self.behaviour = behaviour
         self.requests = 0
+        # Requests whose client hung up while the upstream was still working on them.
+        self.disconnects = 0
         self.in_flight = 0
         self.last_request: dict[str, Any] | None = None
         self._hanging: set[asyncio.Future[None]] = set()
@@ -168,6 +188,7 @@ class DemoApp:
     def stats(self) -> dict[str, Any]:
         stats = {
             "requests": self.requests,
+            "disconnects": self.disconnects,
             "last_request": self.last_request,
             "in_flight": self.in_flight,
         }
@@ -175,6 +196,7 @@ class DemoApp:
 
     def reset_stats(self) -> None:
         self.requests = 0
+        self.disconnects = 0
         self.last_request = None
 
     def release_hanging(self) -> None:
@@ -261,7 +283,9 @@ class DemoApp:
         if b.mode == "hang":
             await self._hang(send, receive)
             return
-        await _sleep_ms(b.latency_ms)
+        if await self._client_left_during(receive, self._delay_ms()):
+            self.disconnects += 1
+            return
         if b.mode == "close":
             await _drop_connection(send, receive)
             return
@@ -306,8 +330,32 @@ class DemoApp:
             self._hanging.discard(waiter)
             waiter.cancel()
             gone.cancel()
-        if not client_gone:  # released by stop(): drop it so uvicorn can shut down promptly
+        if client_gone:
+            self.disconnects += 1
+        else:  # released by stop(): drop it so uvicorn can shut down promptly
             await _drop_connection(send, receive)
+
+    def _delay_ms(self) -> float:
+        b = self.behaviour
+        delay = b.latency_ms
+        if b.latency_sigma > 0 and delay > 0:
+            delay = random.lognormvariate(math.log(delay), b.latency_sigma)
+        if b.stall_every > 0:
+            if self.requests % b.stall_every == 0:
+                delay += b.stall_ms
+        elif b.stall_rate > 0 and random.random() < b.stall_rate:
+            delay += b.stall_ms
+        return delay
+
+    async def _client_left_during(self, receive: Receive, ms: float) -> bool:
+        """Wait ``ms`` (skipped when 0: benchmarks); True if the client hung up meanwhile."""
+        if ms <= 0:
+            return False
+        try:
+            await asyncio.wait_for(_wait_disconnect(receive), ms / 1000)
+        except TimeoutError:
+            return False
+        return True
 
     def _reply(self, body: dict[str, Any]) -> tuple[str, str, int, dict[str, int]]:
         text = f"Hello from demo upstream ({self.behaviour.name})"
@@ -542,6 +590,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--name", default="demo")
     parser.add_argument("--mode", default="ok", choices=MODES)
     parser.add_argument("--latency-ms", type=float, default=0)
+    parser.add_argument("--latency-sigma", type=float, default=0, help="log-normal jitter")
+    parser.add_argument("--stall-rate", type=float, default=0.0)
+    parser.add_argument("--stall-ms", type=float, default=0)
     parser.add_argument("--first-byte-delay-ms", type=float, default=0)
     parser.add_argument("--chunk-delay-ms", type=float, default=0)
     parser.add_argument("--stream-chunks", type=int, default=5)
@@ -555,6 +606,9 @@ def main(argv: list[str] | None = None) -> None:
         name=args.name,
         mode=args.mode,
         latency_ms=args.latency_ms,
+        latency_sigma=args.latency_sigma,
+        stall_rate=args.stall_rate,
+        stall_ms=args.stall_ms,
         first_byte_delay_ms=args.first_byte_delay_ms,
         chunk_delay_ms=args.chunk_delay_ms,
         stream_chunks=args.stream_chunks,

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import tomli_w
 import uvicorn
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -80,6 +81,13 @@ class BerryProcess:
                     raise AssertionError(f"berry serve did not start:\n{self.output()}") from None
                 time.sleep(0.05)
 
+    def rss_mib(self) -> float:
+        """The server process's resident memory."""
+        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+        raise AssertionError("no VmRSS")
+
     def output(self) -> str:
         if not self._log.closed:
             self._log.flush()
@@ -95,6 +103,12 @@ class BerryProcess:
                 self.process.wait(5)
         self._log.close()
         return self.process.returncode
+
+
+def write_config(config: Config, path: Path) -> Path:
+    """``config`` as a config.toml file, for ``berry serve`` subprocesses."""
+    path.write_text(tomli_w.dumps(config.model_dump(mode="json", by_alias=True, exclude_none=True)))
+    return path
 
 
 @contextmanager

@@ -7,7 +7,7 @@ import hmac
 from dataclasses import dataclass
 
 from .config import Backend, Config, Model, User
-from .errors import AuthenticationFailed, ModelNotFound, PermissionDenied
+from .errors import AuthenticationFailed, ModelNotFound, PermissionDenied, echoed
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,7 +70,7 @@ class Directory:
         found = self.find_model(name)
         if found is None:
             # Echoed only through JSON encoding (any value is safe), and cut to a sane length.
-            raise ModelNotFound(f"Unknown model '{name[:200]}'.", param="model")
+            raise ModelNotFound(f"Unknown model '{echoed(name)}'.", param="model")
         return found[0]
 
     def model_for(self, caller: Caller, name: str) -> tuple[str, Model]:
@@ -78,12 +78,12 @@ class Directory:
         found = self.find_model(name)
         if found is None or not found[1].enabled:
             raise ModelNotFound(
-                f"The model '{name}' does not exist or is not available.", param="model"
+                f"The model '{echoed(name)}' does not exist or is not available.", param="model"
             )
         key, model = found
         if not self.may_use(caller, key):
             raise PermissionDenied(
-                f"Your token is not allowed to use the model '{name}'.", param="model"
+                f"Your token is not allowed to use the model '{echoed(name)}'.", param="model"
             )
         return key, model
 

@@ -87,6 +87,15 @@ class UpstreamTimeout(BerryError):
     code = "upstream_timeout"
 
 
+# A client-supplied name is echoed in errors at most this long: a 100 KB "model" is not sent back.
+ECHO_LIMIT = 200
+
+
+def echoed(value: str) -> str:
+    """A client-supplied value as it may appear in an error message: cut to ``ECHO_LIMIT``."""
+    return value if len(value) <= ECHO_LIMIT else value[:ECHO_LIMIT] + "..."
+
+
 def retry_after_header(seconds: float) -> int:
     """A ``Retry-After`` value: whole seconds, rounded up (waiting less is refused), >= 1."""
     return max(1, math.ceil(seconds))

@@ -30,6 +30,7 @@ from .errors import (
     NoBackendAvailable,
     RateLimited,
     UpstreamTimeout,
+    echoed,
     error_json,
     retry_after_header,
 )
@@ -145,7 +146,7 @@ class Relay:
             candidates = [c for c in candidates if c.backend.provider == chat.backend]
             if not candidates:
                 raise InvalidRequest(
-                    f"The backend '{chat.backend[:200]}' does not serve '{chat.model[:200]}' "
+                    f"The backend '{echoed(chat.backend)}' does not serve '{echoed(chat.model)}' "
                     "for your token.",
                     param="backend",
                     code="invalid_backend",
@@ -155,7 +156,7 @@ class Relay:
         if not plan:
             wait = retry_after_seconds((c.state for c in candidates), now, self.settings)
             raise NoBackendAvailable(
-                f"No backend for '{chat.model[:200]}' is available right now; "
+                f"No backend for '{echoed(chat.model)}' is available right now; "
                 f"retry after {wait} s.",
                 headers={"Retry-After": str(wait), **self._headers(None, _Tally(started))},
             )
@@ -233,6 +234,10 @@ class Relay:
                         answer = task.result()
                     except AttemptFailed as failure:
                         self._failed(info.candidate, failure)
+                        # Kept for the error message only: without the traceback, whose
+                        # frames (and the buffers they hold) would otherwise live on in a
+                        # reference cycle until a full garbage collection.
+                        failure.__traceback__ = failure.__context__ = None
                         tally.failures.append((info.candidate.key, failure))
                         continue
                     except ClientMistake as mistake:
@@ -405,7 +410,7 @@ class Relay:
 
     def _all_failed(self, chat: ChatRequest, tally: _Tally) -> BerryError:
         failures = tally.failures
-        model = chat.model[:200]
+        model = echoed(chat.model)
         summary = "; ".join(f"{key}: {f.error.value} ({f.detail})" for key, f in failures)
         deadline = tally.started + self.settings.request_timeout_seconds
         if time.perf_counter() >= deadline or (

@@ -90,6 +90,8 @@ class HttpResponse:
             while chunk := await content.readany():
                 body += chunk
                 if len(body) > limit:
+                    # Freed now, not when a traceback that holds this frame is collected.
+                    body.clear()
                     self.close()
                     raise BodyTooLarge(f"the answer is larger than {limit} bytes")
         except TransportError:
