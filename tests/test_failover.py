@@ -249,8 +249,11 @@ def test_circuit_half_opens_and_a_healed_backend_ramps_back(make_upstream, start
         )
 
     healthy_weight = weight("flaky:up-model")
-    for _ in range(3):
+    state = berry.state("flaky:up-model")
+    for _ in range(40):  # weight 3 to 1: flaky is drawn first most of the time
         assert chat(berry).status_code == 200
+        if state.opened_at:
+            break
     assert weight("flaky:up-model") == 0.0  # circuit open: the selector gives it nothing
     flaky.behaviour.mode = "ok"
     time.sleep(0.6)  # half-open: the next request is its trial

@@ -5,10 +5,19 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import logging
+import os
 import signal
 import sys
+from typing import TYPE_CHECKING
 
 from berry_shared.config import ConfigError, load_config, resolve_config_path
+
+if TYPE_CHECKING:
+    from .server import Parser
+
+# Berry API's address, which its usage guide's examples assume (http://localhost:3000).
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 3000
 
 
 def _check_config(args: argparse.Namespace) -> int:
@@ -29,13 +38,38 @@ def _check_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def _address(args: argparse.Namespace) -> tuple[str, int]:
+    """Berry API's default 127.0.0.1:3000 and its ``BIND_ADDRESS``; ``--host``/``--port`` win."""
+    from .server import parse_bind_address
+
+    host, port = DEFAULT_HOST, DEFAULT_PORT
+    bind = os.environ.get("BIND_ADDRESS", "").strip()
+    if bind:
+        host, port = parse_bind_address(bind)
+    return (args.host if args.host is not None else host), (
+        args.port if args.port is not None else port
+    )
+
+
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from berry_shared.gateway import Gateway
 
     from .local import create_app
+    from .server import (
+        BerryServer,
+        ClientLimits,
+        enable_access_log,
+        protocol_class,
+        shutdown_grace,
+    )
 
+    try:
+        host, port = _address(args)
+    except ValueError as exc:
+        print(f"cannot start: {exc}", file=sys.stderr)
+        return 1
     path = resolve_config_path(args.config)
     try:
         config = load_config(path)
@@ -53,23 +87,56 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"cannot start: {exc}", file=sys.stderr)
         return 1
     app = create_app(gateway, background_probes=not args.no_probes)
-    # uvicorn shuts down gracefully on SIGTERM, then re-raises it to the handler it found:
-    # make that handler a clean exit, so a drained shutdown exits 0, as supervisors expect.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    print(f"Berry serving {path} on http://{args.host}:{args.port}", file=sys.stderr)
-    uvicorn.run(
+    settings = config.settings
+    limits = ClientLimits(
+        max_header_bytes=settings.max_request_header_bytes,
+        read_timeout_seconds=settings.client_read_timeout_seconds,
+    )
+    parser = args.http if args.http != "auto" else _fastest_parser()
+    try:
+        protocol = protocol_class(parser, limits)
+    except ValueError as exc:  # e.g. --http httptools without httptools installed
+        print(f"cannot start: {exc}", file=sys.stderr)
+        return 1
+    server_config = uvicorn.Config(
         app,
-        host=args.host,
-        port=args.port,
-        # Production defaults: no per-request access log; the fast loop and parser if present.
+        host=host,
+        port=port,
+        # Production defaults: no per-request access log; the fast loop if present.
         access_log=args.access_log,
         log_level=args.log_level,
         loop="uvloop" if importlib.util.find_spec("uvloop") else "asyncio",
-        http="httptools" if importlib.util.find_spec("httptools") else "h11",
+        http=protocol,
+        h11_max_incomplete_event_size=limits.max_header_bytes,
         timeout_graceful_shutdown=args.graceful_timeout,
         server_header=False,
     )
+    if args.access_log:
+        enable_access_log()
+    grace = shutdown_grace(args.graceful_timeout)
+    server = BerryServer(server_config, on_stop=lambda: gateway.begin_shutdown(grace))
+    # uvicorn shuts down gracefully on SIGTERM or SIGINT, then re-raises the signal to the
+    # handler it found: make that a clean exit, so a drained shutdown exits 0, as supervisors
+    # expect.
+    for stop_signal in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(stop_signal, lambda *_: sys.exit(0))
+    shown = f"[{host}]" if ":" in host else host
+    print(f"Berry serving {path} on http://{shown}:{port}", file=sys.stderr)
+    try:
+        server.run()
+    except SystemExit:
+        if server.started:  # the clean exit after a stop signal
+            raise
+    if not server.started:  # e.g. the port is taken: uvicorn logged why
+        print(
+            f"cannot start: Berry could not listen on {shown}:{port} (see above)", file=sys.stderr
+        )
+        return 1
     return 0
+
+
+def _fastest_parser() -> Parser:
+    return "httptools" if importlib.util.find_spec("httptools") else "h11"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -79,8 +146,14 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="run every route in one local uvicorn process")
     serve.add_argument("--config", help="config file (default: $CONFIG_PATH, else ./config.toml)")
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8080)
+    serve.add_argument(
+        "--host", help=f"address to listen on (default: from $BIND_ADDRESS, else {DEFAULT_HOST})"
+    )
+    serve.add_argument(
+        "--port",
+        type=int,
+        help=f"port to listen on (default: from $BIND_ADDRESS, else {DEFAULT_PORT})",
+    )
     serve.add_argument(
         "--log-level", default="warning", choices=["debug", "info", "warning", "error"]
     )
@@ -92,6 +165,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=30.0,
         help="seconds in-flight requests get to finish on shutdown",
+    )
+    serve.add_argument(
+        "--http",
+        default="auto",
+        choices=["auto", "h11", "httptools"],
+        help="HTTP/1.1 parser (default: httptools if installed, else h11)",
     )
     serve.add_argument(
         "--no-probes", action="store_true", help="do not probe backends in the background"

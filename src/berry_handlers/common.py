@@ -17,6 +17,7 @@ from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from berry_shared.auth import Caller
@@ -126,6 +127,15 @@ GatewayDep = Annotated[Gateway, Depends(get_gateway)]
 CallerDep = Annotated[Caller, Depends(authenticated)]
 
 
+class ClientClosedRequest(BerryError):
+    """The client went away before its request arrived whole: nginx's 499, for the metrics;
+    nobody reads the answer."""
+
+    status_code = 499
+    error_type = "invalid_request_error"
+    code = "client_closed_request"
+
+
 async def read_body(request: Request, limit: int) -> bytes:
     """The request body, refusing more than ``limit`` bytes before reading them all."""
     declared = request.headers.get("content-length")
@@ -133,11 +143,16 @@ async def read_body(request: Request, limit: int) -> bytes:
         raise PayloadTooLarge(f"The request body is larger than {limit} bytes.")
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"The request body is larger than {limit} bytes.")
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise PayloadTooLarge(f"The request body is larger than {limit} bytes.")
+            chunks.append(chunk)
+    except ClientDisconnect:
+        # An aborted upload is the client's business, not an error of Berry's.
+        logger.debug("client left during its upload, after %d body bytes", size)
+        raise ClientClosedRequest("The client closed the connection during its upload.") from None
     return b"".join(chunks)
 
 
@@ -224,6 +239,9 @@ class MetricsMiddleware:
         metrics.in_flight += 1
         try:
             await self.app(scope, receive, send_with_status)
+        except ClientDisconnect:  # a body read outside read_body: still the client's doing
+            logger.debug("client left during its upload")
+            status = ClientClosedRequest.status_code
         finally:
             metrics.in_flight -= 1
             endpoint = getattr(scope.get("route"), "path", "unmatched")

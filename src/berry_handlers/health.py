@@ -3,8 +3,10 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import orjson
-from fastapi import APIRouter
+from fastapi import APIRouter, Query
 from fastapi.responses import HTMLResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
@@ -12,15 +14,20 @@ from berry_shared import reports
 
 from .common import GatewayDep, build_app, json_response
 from .serverless import lambda_handler
-from .status_page import render_status_page
+from .status_page import REFRESH_SECONDS, render_status_page
 
 router = APIRouter()
 
 
 @router.get("/", response_class=HTMLResponse)
-async def status_page(gateway: GatewayDep) -> HTMLResponse:
+async def status_page(
+    gateway: GatewayDep,
+    refresh: Annotated[int, Query(ge=1, le=3600, description="seconds between updates")] = (
+        REFRESH_SECONDS
+    ),
+) -> HTMLResponse:
     _, body = reports.health(gateway)
-    return HTMLResponse(render_status_page(body))
+    return HTMLResponse(render_status_page(body, refresh), headers={"Cache-Control": "no-store"})
 
 
 @router.get("/health", response_model=None)

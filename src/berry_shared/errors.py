@@ -73,6 +73,13 @@ class RateLimited(BerryError):
     code = "rate_limit_exceeded"
 
 
+class QuotaExceeded(RateLimited):
+    """OpenAI's own answer for an exhausted quota, so SDK users recognise it."""
+
+    error_type = "insufficient_quota"
+    code = "insufficient_quota"
+
+
 class NoBackendAvailable(BerryError):
     """Every eligible backend is out (circuit open) or failed for this request."""
 

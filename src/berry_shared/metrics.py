@@ -21,7 +21,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from .usage import Usage
+from .usage import NANO_PER_USD, Usage
 
 NAMESPACE = "berry_api"
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
@@ -61,6 +61,8 @@ class Metrics:
         self.backend_latency: dict[Labels, _Histogram] = {}  # (backend,)
         self.backend_ttft: dict[Labels, _Histogram] = {}  # (backend,)
         self.tokens: dict[Labels, int] = {}  # (backend, type)
+        self.user_tokens: dict[Labels, int] = {}  # (user, model, type)
+        self.user_cost_nano: dict[Labels, int] = {}  # (user, model)
         self.hedged_requests: dict[Labels, int] = {}  # (model,)
         self.hedge_wins: dict[Labels, int] = {}  # (backend,)
         self.chat_requests = 0
@@ -100,6 +102,21 @@ class Metrics:
             if count:
                 key = (backend, kind)
                 self.tokens[key] = self.tokens.get(key, 0) + count
+
+    def user_usage(self, user: str, model: str, usage: Usage, cost_nano: int) -> None:
+        """A user's tokens and spend, labelled by the user's config id (never a token)."""
+        tokens = self.user_tokens
+        for key, count in (
+            ((user, model, "prompt"), usage.prompt_tokens),
+            ((user, model, "completion"), usage.completion_tokens),
+            ((user, model, "cached"), usage.cached_tokens),
+        ):
+            if count:
+                tokens[key] = tokens.get(key, 0) + count
+        if cost_nano:
+            self.user_cost_nano[(user, model)] = (
+                self.user_cost_nano.get((user, model), 0) + cost_nano
+            )
 
     def hedged(self, model: str) -> None:
         """A request of ``model`` started a hedge (a parallel attempt on another backend)."""
@@ -171,6 +188,20 @@ class _Exporter(Collector):
             m.backend_ttft,
         )
         yield _counter("tokens", "Tokens reported by upstream usage", ["backend", "type"], m.tokens)
+        yield _counter(
+            "user_tokens",
+            "Tokens per user (config id) and model (config key): prompt, completion, cached",
+            ["user", "model", "type"],
+            m.user_tokens,
+        )
+        cost = CounterMetricFamily(
+            f"{NAMESPACE}_user_cost_usd",
+            "Spend per user and model, from backend prices",
+            labels=["user", "model"],
+        )
+        for labels, nano in m.user_cost_nano.items():
+            cost.add_metric(list(labels), nano / NANO_PER_USD)
+        yield cost
         yield _counter(
             "hedged_requests",
             "Requests that started a hedge: a parallel attempt on another backend",

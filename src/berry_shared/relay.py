@@ -28,6 +28,7 @@ from .errors import (
     BerryError,
     InvalidRequest,
     NoBackendAvailable,
+    QuotaExceeded,
     RateLimited,
     UpstreamTimeout,
     echoed,
@@ -38,7 +39,18 @@ from .hedging import LatencyTracker
 from .metrics import Metrics
 from .smart_ai import Candidate, assess, plan_attempts, retry_after_seconds
 from .state import StateStore
+from .state.ledger import REQUEST_WINDOWS
 from .transport import HttpTransport, ReadTimeout, TransportError
+from .usage import (
+    NANO_PER_USD,
+    Usage,
+    UsageCounts,
+    cost_nano,
+    estimate_prompt_tokens,
+    seconds_to_next_month,
+    utc_day,
+    utc_month,
+)
 
 
 class UpstreamFailed(BerryError):
@@ -71,6 +83,16 @@ class _Tally:
 
 
 @dataclass(slots=True)
+class _Account:
+    """Who pays for a request, and for which of their limits its tokens count."""
+
+    user_id: str
+    model_key: str
+    chat: ChatRequest
+    token_windows: list[int]
+
+
+@dataclass(slots=True)
 class _Running:
     candidate: Candidate
     started: float
@@ -99,7 +121,8 @@ class Relay:
         self.dialects = dialects
         self.metrics = metrics
         self.latencies = LatencyTracker()
-        self.streams_end_by = math.inf
+        # When streams in flight must end (shutdown), on the event loop's clock.
+        self._streams_end_at = math.inf
         # Streams waiting for upstream bytes; shutdown moves their deadlines forward.
         self._stream_timeouts: set[asyncio.Timeout] = set()
         self._hedging = {
@@ -109,12 +132,12 @@ class Relay:
 
     def end_streams_by(self, deadline: float) -> None:
         """Streams in flight end by ``deadline`` (``time.perf_counter()``): shutdown."""
-        self.streams_end_by = min(self.streams_end_by, deadline)
         loop_deadline = asyncio.get_running_loop().time() + (deadline - time.perf_counter())
+        self._streams_end_at = min(self._streams_end_at, loop_deadline)
         for timeout in self._stream_timeouts:
             when = timeout.when()
-            if when is None or when > loop_deadline:
-                timeout.reschedule(loop_deadline)
+            if when is None or when > self._streams_end_at:
+                timeout.reschedule(self._streams_end_at)
 
     def hedging_for(self, model_key: str) -> HedgingSettings:
         return self._hedging.get(model_key) or self.settings.hedging
@@ -132,15 +155,7 @@ class Relay:
         """Serve one chat request; ``started`` is ``time.perf_counter()`` at arrival."""
         model_key, model = self.directory.model_for(caller, chat.model)
         now = time.time()
-        limits = caller.user.rate_limit
-        if limits is not None and (windows := limits.windows()):
-            wait = await self.store.count_request(caller.user_id, windows, now)
-            if wait is not None:
-                seconds = retry_after_header(wait)
-                raise RateLimited(
-                    f"Rate limit exceeded for your token; retry after {seconds} s.",
-                    headers={"Retry-After": str(seconds)},
-                )
+        account = await self._admit(caller, model_key, chat, now)
         candidates = self.candidates(caller, model, now)
         if chat.backend is not None:
             candidates = [c for c in candidates if c.backend.provider == chat.backend]
@@ -181,8 +196,69 @@ class Relay:
             raise error
         self.metrics.chat_successes += 1
         if chat.stream:
-            return self._respond_stream(outcome, tally)
-        return self._respond(outcome, tally)
+            return self._respond_stream(outcome, tally, account)
+        return self._respond(outcome, tally, account)
+
+    async def _admit(
+        self, caller: Caller, model_key: str, chat: ChatRequest, now: float
+    ) -> _Account:
+        """The caller's budget, token limits and request limits, in that order (the cheap
+        local checks first; a request refused is not counted)."""
+        user, user_id = caller.user, caller.user_id
+        if user.monthly_budget_usd is not None:
+            spent = self.store.month_spend_nano(user_id, utc_month(now))
+            if spent >= user.monthly_budget_usd * NANO_PER_USD:
+                seconds = retry_after_header(seconds_to_next_month(now))
+                raise QuotaExceeded(
+                    f"You exceeded your monthly budget of ${user.monthly_budget_usd:g}; it "
+                    "renews on the first of next month (UTC).",
+                    headers={"Retry-After": str(seconds)},
+                )
+        limits = user.rate_limit
+        token_windows: list[int] = []
+        limited: set[int] = set()
+        if limits is not None:
+            if token_limits := limits.token_windows():
+                wait = self.store.token_wait(user_id, token_limits, now)
+                if wait is not None:
+                    seconds = retry_after_header(wait)
+                    raise RateLimited(
+                        f"Token limit exceeded for your token; retry after {seconds} s.",
+                        code="tokens_rate_limit_exceeded",
+                        headers={"Retry-After": str(seconds)},
+                    )
+                token_windows = [window for window, _ in token_limits]
+            if windows := limits.windows():
+                wait = await self.store.count_request(user_id, windows, now)
+                if wait is not None:
+                    seconds = retry_after_header(wait)
+                    raise RateLimited(
+                        f"Rate limit exceeded for your token; retry after {seconds} s.",
+                        headers={"Retry-After": str(seconds)},
+                    )
+                limited = {window for window, _ in windows}
+        self.store.note_request(user_id, [w for w in REQUEST_WINDOWS if w not in limited], now)
+        return _Account(user_id, model_key, chat, token_windows)
+
+    def _account(self, account: _Account, answer: Answer, usage: Usage | None) -> None:
+        """Count an answer's usage against its user: tokens, cost, and token windows."""
+        if usage is None:
+            usage = Usage(
+                estimate_prompt_tokens(account.chat.messages),
+                answer.decoder.completion_tokens_estimate if answer.decoder else 0,
+                estimated=True,
+            )
+        backend = answer.candidate.backend
+        cost = cost_nano(usage, backend.price)
+        now = time.time()
+        user_id = account.user_id
+        self.store.record_usage(
+            user_id, account.model_key, utc_day(now), UsageCounts.of(usage, cost)
+        )
+        if account.token_windows:
+            self.store.add_tokens(user_id, account.token_windows, usage.total_tokens, now)
+        self.metrics.add_usage(backend.key, usage)
+        self.metrics.user_usage(user_id, account.model_key, usage, cost)
 
     async def _race(
         self, chat: ChatRequest, plan: list[Candidate], hedging: HedgingSettings, tally: _Tally
@@ -328,21 +404,22 @@ class Relay:
             headers["x-berry-backend"] = candidate.key
         return headers
 
-    def _respond(self, answer: Answer, tally: _Tally) -> RelayResponse:
+    def _respond(self, answer: Answer, tally: _Tally, account: _Account) -> RelayResponse:
         key = answer.candidate.key
         self.store.record_success(key, answer.seconds * 1000, time.time())
         self.metrics.attempt_succeeded(key, answer.seconds, streamed=False)
-        self.metrics.add_usage(key, answer.usage)
+        self._account(account, answer, answer.usage)
         return RelayResponse(
             200, answer.content_type, self._headers(answer.candidate, tally), answer.first
         )
 
-    def _respond_stream(self, answer: Answer, tally: _Tally) -> RelayResponse:
+    def _respond_stream(self, answer: Answer, tally: _Tally, account: _Account) -> RelayResponse:
         headers = self._headers(answer.candidate, tally)
         headers["Cache-Control"] = "no-cache"
-        return RelayResponse(200, "text/event-stream", headers, stream=self._stream(answer))
+        stream = self._stream(answer, account)
+        return RelayResponse(200, "text/event-stream", headers, stream=stream)
 
-    async def _stream(self, answer: Answer) -> AsyncIterator[bytes]:
+    async def _stream(self, answer: Answer, account: _Account) -> AsyncIterator[bytes]:
         """Relay a stream as it arrives; a stream that breaks, goes silent for the provider's
         timeout, or outlives ``max_stream_duration_seconds`` ends with an SSE error event."""
         response, decoder, candidate = answer.response, answer.decoder, answer.candidate
@@ -356,16 +433,15 @@ class Relay:
         try:
             yield answer.first
             while not complete:
-                limit = min(ends_at, loop.time() + (self.streams_end_by - time.perf_counter()))
                 try:
-                    async with asyncio.timeout_at(limit) as timeout:
+                    async with asyncio.timeout_at(min(ends_at, self._streams_end_at)) as timeout:
                         self._stream_timeouts.add(timeout)
                         try:
                             data = await response.read_chunk()
                         finally:
                             self._stream_timeouts.discard(timeout)
                 except TimeoutError:
-                    cut = self._cut_reason()
+                    cut = self._cut_reason(ends_at)
                     break
                 except ReadTimeout:
                     failure = AttemptFailed(ErrorClass.TIMEOUT, "the stream went silent")
@@ -399,11 +475,12 @@ class Relay:
                 # Complete, cut by Berry, or the client left: the backend did its part.
                 self.store.record_success(key, answer.seconds * 1000, time.time())
                 self.metrics.attempt_succeeded(key, answer.seconds, streamed=True)
-            self.metrics.add_usage(key, decoder.usage)
+            # What was relayed is counted, even when the stream ended early.
+            self._account(account, answer, decoder.usage)
 
-    def _cut_reason(self) -> tuple[str, str]:
-        """Why Berry itself ended a stream: shutdown, or it ran too long."""
-        if time.perf_counter() >= self.streams_end_by:
+    def _cut_reason(self, ends_at: float) -> tuple[str, str]:
+        """Why Berry itself ended a stream: shutdown, or it ran too long (``ends_at``)."""
+        if self._streams_end_at < ends_at:
             return "Berry is shutting down; the stream was ended.", "server_shutting_down"
         longest = self.settings.max_stream_duration_seconds
         return f"The stream ran longer than {longest:g} s.", "stream_too_long"

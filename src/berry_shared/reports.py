@@ -16,6 +16,8 @@ from .backend_state import CircuitState
 from .config import Backend, Model
 from .gateway import Gateway
 from .smart_ai import Candidate, selection_shares
+from .state.ledger import REQUEST_WINDOWS, TOKENS
+from .usage import UsageCounts, days_ending
 
 
 def iso(now: float) -> str:
@@ -423,3 +425,51 @@ def smart_ai_weights(
             }
         )
     return {"models": models, "total_smart_ai_models": len(models), "timestamp": iso(now)}
+
+
+async def usage(
+    gateway: Gateway, user_id: str | None, days: int, now: float | None = None
+) -> dict[str, Any]:
+    """``/admin/usage``: per user and model, over the last ``days`` UTC days (1 = today)."""
+    now = now or time.time()
+    window = days_ending(now, days)
+    report = await gateway.store.usage_report(None if user_id is None else [user_id], window)
+    users: dict[str, Any] = {}
+    for uid in [user_id] if user_id is not None else gateway.config.users:
+        models = report.get(uid, {})
+        total = UsageCounts()
+        for counts in models.values():
+            total.add(counts)
+        users[uid] = {
+            **total.report(),
+            "models": {key: counts.report() for key, counts in sorted(models.items())},
+        }
+    return {"users": users, "from": window[0], "to": window[-1], "timestamp": iso(now)}
+
+
+async def rate_limit_usage(
+    gateway: Gateway, user_id: str, now: float | None = None
+) -> dict[str, Any]:
+    """``/admin/rate-limit-usage``: Berry API's shape, plus the limits and token windows."""
+    now = now or time.time()
+    store = gateway.store
+    requests = await store.request_rates(user_id, list(REQUEST_WINDOWS), now)
+    limits = gateway.config.users[user_id].rate_limit
+    token_limits = limits.token_windows() if limits is not None else []
+    tokens = {
+        window: store.ledger.slot(TOKENS, user_id, window, now).rate(window, now)
+        for window, _ in token_limits
+    }
+    body: dict[str, Any] = {
+        "user_id": user_id,
+        "usage": {
+            "requests_this_minute": round(requests[60]),
+            "requests_this_hour": round(requests[3600]),
+            "requests_this_day": round(requests[86400]),
+            **({"tokens_this_minute": round(tokens[60])} if 60 in tokens else {}),
+            **({"tokens_this_day": round(tokens[86400])} if 86400 in tokens else {}),
+        },
+        "limits": limits.model_dump(exclude_none=True) if limits is not None else {},
+        "timestamp": iso(now),
+    }
+    return body

@@ -18,7 +18,7 @@ from ..backend_state import ErrorClass
 from ..chat_request import ChatRequest
 from ..config import Provider
 from ..transport import HttpRequest
-from ..usage import Usage, usage_from_openai
+from ..usage import Usage, estimate_prompt_tokens, estimate_tokens, usage_from_openai
 from .base import AttemptFailed, Completion, Dialect, StreamBroken, StreamDecoder
 
 USAGE_MARKS = (b'"usage":{', b'"usage": {')
@@ -61,10 +61,24 @@ class OpenAIDialect(Dialect):
             parsed = None
         if not isinstance(parsed, dict):
             raise AttemptFailed(ErrorClass.SERVER, "answered with a body that is not a JSON object")
-        return Completion(body, usage_from_openai(parsed.get("usage")), content_type)
+        usage = usage_from_openai(parsed.get("usage")) or _estimate(parsed, chat)
+        return Completion(body, usage, content_type)
 
     def stream_decoder(self, chat: ChatRequest) -> StreamDecoder:
         return OpenAIStream(hide_usage=not chat.include_usage)
+
+
+def _estimate(completion: dict[str, Any], chat: ChatRequest) -> Usage:
+    """A provider that reports no usage: count characters (see usage.CHARS_PER_TOKEN)."""
+    choices = completion.get("choices")
+    text = 0
+    for choice in choices if isinstance(choices, list) else ():
+        message = choice.get("message") if isinstance(choice, dict) else None
+        content = message.get("content") if isinstance(message, dict) else None
+        if isinstance(content, str):
+            text += len(content)
+    prompt = estimate_prompt_tokens(chat.messages)
+    return Usage(prompt, estimate_tokens(text), estimated=True)
 
 
 def _last_event_end(data: bytes) -> int:
@@ -100,7 +114,8 @@ class OpenAIStream(StreamDecoder):
         return self._events(out)
 
     def _events(self, out: bytes) -> bytes:
-        self._chunks += out.count(b"data: ")
+        # Chunks that carry text (OpenAI streams about one token per chunk).
+        self._chunks += out.count(b'"content":"') - out.count(b'"content":""')
         if USAGE_MARKS[0] in out or USAGE_MARKS[1] in out:
             out = self._take_usage(out)
         if self.hide_usage:
@@ -142,5 +157,4 @@ class OpenAIStream(StreamDecoder):
 
     @property
     def completion_tokens_estimate(self) -> int:
-        # OpenAI-style streams carry about one token per content chunk.
-        return max(0, self._chunks - 2)
+        return self._chunks

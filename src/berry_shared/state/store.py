@@ -21,6 +21,12 @@ from ..backend_state import (
     record_success,
 )
 from ..config import Settings
+from ..usage import UsageCounts
+from .ledger import REQUESTS, TOKENS, UsageLedger
+
+# Where sliding windows live; re-exported for the stores that import them from here.
+from .windows import WAIT_MARGIN_SECONDS as WAIT_MARGIN_SECONDS
+from .windows import sliding_window_wait as sliding_window_wait
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +42,8 @@ class StateStore(ABC):
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self._states: dict[str, BackendState] = {}
+        # Per-user accounting: the truth in memory, the local view in a shared store.
+        self.ledger = UsageLedger()
 
     def state(self, key: str) -> BackendState:
         """The local view of one backend (created on first sight with initial confidence)."""
@@ -55,6 +63,38 @@ class StateStore(ABC):
     def record_latency_floor(self, key: str, at_least_ms: float, now: float) -> None:
         """A cancelled attempt (a hedge race lost) took at least ``at_least_ms``."""
         record_latency_floor(self.state(key), at_least_ms)
+
+    # -- per-user accounting (hot path: local view, synchronous) ----------------------------------
+
+    def record_usage(self, user_id: str, model_key: str, day: str, counts: UsageCounts) -> None:
+        """One answer's usage and cost, for ``user_id`` on ``model_key`` on UTC ``day``."""
+        self.ledger.record(user_id, model_key, day, counts)
+
+    def month_spend_nano(self, user_id: str, month: str) -> int:
+        """Nano-dollars ``user_id`` spent in the UTC ``month`` ("YYYY-MM"), as known here."""
+        return self.ledger.spend.get((user_id, month), 0)
+
+    def token_wait(self, user_id: str, windows: list[tuple[int, int]], now: float) -> float | None:
+        """Seconds until every ``(window, token limit)`` has room; None if all have room now."""
+        return self.ledger.wait(TOKENS, user_id, windows, now)
+
+    def add_tokens(self, user_id: str, windows: list[int], tokens: int, now: float) -> None:
+        self.ledger.add(TOKENS, user_id, windows, tokens, now)
+
+    def note_request(self, user_id: str, windows: list[int], now: float) -> None:
+        """Count a request in windows that have no limit (limited ones count in
+        ``count_request``), so every window can be reported."""
+        self.ledger.add(REQUESTS, user_id, windows, 1, now)
+
+    async def usage_report(
+        self, user_ids: list[str] | None, days: list[str]
+    ) -> dict[str, dict[str, UsageCounts]]:
+        """user -> model key -> usage summed over the UTC ``days``."""
+        return self.ledger.report(user_ids, days)
+
+    async def request_rates(self, user_id: str, windows: list[int], now: float) -> dict[int, float]:
+        """The sliding-window request count of ``user_id`` for each window."""
+        return {w: self.ledger.slot(REQUESTS, user_id, w, now).rate(w, now) for w in windows}
 
     @abstractmethod
     async def acquire_trial(self, key: str, now: float, lease_seconds: float) -> bool:
@@ -103,36 +143,3 @@ def take_local_trial(
         return False
     state.trial_until = now + lease_seconds
     return True
-
-
-# Added to a computed wait so that a client waiting exactly that long is admitted, whatever
-# the float rounding of timestamps.
-WAIT_MARGIN_SECONDS = 0.001
-
-
-def sliding_window_wait(
-    previous: int, current: int, limit: int, window: int, now: float
-) -> float | None:
-    """The two-window approximation of a sliding window (as Cloudflare's rate limiter).
-
-    The rate seen is the current window's count plus the previous window's count weighted by
-    how much of it still overlaps the last ``window`` seconds; a request is admitted while
-    that rate is below ``limit``. A burst at a window's edge is therefore not followed by
-    another burst at the start of the next window (fixed windows would allow both: double the
-    limit within a second), and steady demand gets ``limit`` requests per window. A client
-    that spreads its retries over the next window can still reach up to twice the limit in
-    the worst rolling minute, the known price of the approximation. Returns None if one more
-    request fits, else the seconds until it would, assuming nothing else is admitted.
-    """
-    elapsed = now % window
-    remaining = window - elapsed
-    if previous * (1.0 - elapsed / window) + current < limit:
-        return None
-    if current < limit and previous:
-        # It fits later in this window, once enough of the previous one has slid away.
-        wait = (previous * (1.0 - elapsed / window) + current - limit) * window / previous
-        if wait < remaining:
-            return wait + WAIT_MARGIN_SECONDS
-    # Not in this window: in the next one this window's count becomes the weighted previous.
-    slide = (1.0 - limit / current) * window if current >= limit else 0.0
-    return remaining + slide + WAIT_MARGIN_SECONDS
