@@ -136,6 +136,11 @@ def test_the_status_page_shows_why_and_updates_itself(
     # Locators are queried afresh: they find the rows of the swapped-in content.
     expect(spare.locator("td.why")).to_have_text(OK_RECENTLY, timeout=UPDATE_TIMEOUT_MS)
     expect(page.locator("#stale")).to_be_hidden()
+    # Today's usage per model (the public page names no user): gpt-4o answered once,
+    # gpt-4o-mini once "spare" answered.
+    usage = page.locator("#usage")
+    expect(usage.locator("tr", has_text="gpt-4o-mini")).to_contain_text("1")
+    expect(usage).to_contain_text("gpt-4o")
 
     shot = page.screenshot(path=str(tmp_path / "status-page.png"), full_page=True)
     assert shot.startswith(b"\x89PNG")

@@ -27,7 +27,9 @@ async def status_page(
     ),
 ) -> HTMLResponse:
     _, body = reports.health(gateway)
-    return HTMLResponse(render_status_page(body, refresh), headers={"Cache-Control": "no-store"})
+    usage = await reports.usage_by_model(gateway)
+    page = render_status_page(body, refresh, usage)
+    return HTMLResponse(page, headers={"Cache-Control": "no-store"})
 
 
 @router.get("/health", response_model=None)

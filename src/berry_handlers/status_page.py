@@ -146,7 +146,32 @@ def _model_table(key: str, model: dict[str, Any], now: datetime) -> str:
     )
 
 
-def render_status_page(health: dict[str, Any], refresh_seconds: int = REFRESH_SECONDS) -> str:
+def _usage_table(usage: dict[str, Any]) -> str:
+    rows = "".join(
+        "<tr>"
+        f"<td>{escape(key)}</td>"
+        f"<td class=num>{u['requests']}</td>"
+        f"<td class=num>{u['prompt_tokens']}</td>"
+        f"<td class=num>{u['completion_tokens']}</td>"
+        f"<td class=num>{u['cached_tokens']}</td>"
+        f"<td class=num>${u['cost_usd']:.4f}</td>"
+        "</tr>"
+        for key, u in usage["models"].items()
+    )
+    return (
+        f"<h2>Usage today <span class=muted>({escape(usage['day'])}, UTC, all users)</span></h2>"
+        "<table id=usage><tr><th>model</th><th>requests</th><th>prompt tokens</th>"
+        "<th>completion tokens</th><th>cached tokens</th><th>cost</th></tr>"
+        + (rows or "<tr><td colspan=6 class=muted>no requests yet today</td></tr>")
+        + "</table>"
+    )
+
+
+def render_status_page(
+    health: dict[str, Any],
+    refresh_seconds: int = REFRESH_SECONDS,
+    usage: dict[str, Any] | None = None,
+) -> str:
     """The page for ``reports.health()``'s document, updating itself every
     ``refresh_seconds``."""
     summary = health["summary"]
@@ -170,6 +195,6 @@ def render_status_page(health: dict[str, Any], refresh_seconds: int = REFRESH_SE
         f"{summary['model_health']['healthy']}/{summary['model_health']['total']} healthy · "
         f"state store {escape(store['kind'])} "
         f"{_badge('healthy' if store['healthy'] else 'degraded')}</p>"
-        f"{models}</main>"
+        f"{models}{_usage_table(usage) if usage is not None else ''}</main>"
         f"<script>{_SCRIPT % refresh_seconds}</script></body></html>"
     )

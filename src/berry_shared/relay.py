@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import math
 import time
 from collections import deque
@@ -97,6 +98,9 @@ class _Running:
     candidate: Candidate
     started: float
     hedge: bool
+
+
+logger = logging.getLogger("berry.relay")
 
 
 def sse_error_event(message: str, code: str) -> bytes:
@@ -352,6 +356,13 @@ class Relay:
                 request = dialect.chat_request(chat, backend.model)
             except Unsupported as unsupported:
                 tally.unsupported.append(unsupported)
+                continue
+            except Exception as exc:
+                # A translation bug must cost this backend, never the whole request.
+                logger.warning("cannot translate for %s: %s", backend.key, type(exc).__name__)
+                tally.unsupported.append(
+                    Unsupported(f"The request cannot be sent to the backend {backend.key}.")
+                )
                 continue
             if candidate.circuit is CircuitState.HALF_OPEN and not await self.store.acquire_trial(
                 backend.key, time.time(), budget

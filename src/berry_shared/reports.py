@@ -473,3 +473,15 @@ async def rate_limit_usage(
         "timestamp": iso(now),
     }
     return body
+
+
+async def usage_by_model(gateway: Gateway, now: float | None = None) -> dict[str, Any]:
+    """Today's usage per model, all users together: the status page's table (which is public,
+    so it names no user; per-user figures are in ``/admin/usage``)."""
+    now = now or time.time()
+    (day,) = days_ending(now, 1)
+    totals: dict[str, UsageCounts] = {}
+    for models in (await gateway.store.usage_report(None, [day])).values():
+        for key, counts in models.items():
+            totals.setdefault(key, UsageCounts()).add(counts)
+    return {"day": day, "models": {key: c.report() for key, c in sorted(totals.items())}}
