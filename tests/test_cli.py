@@ -464,3 +464,66 @@ def test_demo_stops_with_a_clear_message_when_an_upstream_cannot_start() -> None
     assert "Berry serving" not in output  # Berry was never started
     with pytest.raises(httpx.ConnectError):
         httpx.get(f"http://127.0.0.1:{berry_port}/v1/health", timeout=2)
+
+
+# -- berry usage ---------------------------------------------------------------------------
+
+
+def test_usage_table_format() -> None:
+    from berry_handlers.cli import format_usage
+
+    report = {
+        "from": "2026-11-29",
+        "to": "2026-11-30",
+        "users": {
+            "alice": {
+                "requests": 2,
+                "prompt_tokens": 30,
+                "completion_tokens": 10,
+                "cached_tokens": 5,
+                "cost_usd": 0.00042,
+                "models": {
+                    "gpt4o": {
+                        "requests": 2,
+                        "prompt_tokens": 30,
+                        "completion_tokens": 10,
+                        "cached_tokens": 5,
+                        "cost_usd": 0.00042,
+                    }
+                },
+            }
+        },
+    }
+    assert format_usage(report).splitlines() == [
+        "usage 2026-11-29 to 2026-11-30 (UTC)",
+        "user   model  requests  prompt  completion  cached  cost USD",
+        "alice  gpt4o         2      30          10       5  0.000420",
+        "alice  (all)         2      30          10       5  0.000420",
+    ]
+
+
+def test_usage_with_the_memory_store_says_it_sees_nothing(good: Path, tmp_path: Path) -> None:
+    result = subprocess.run(
+        [str(BERRY), "usage", "--config", str(good)],
+        env={**os.environ, "BERRY_STATE_STORE": "memory"},
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "memory store keeps usage per process" in result.stderr
+    assert result.stdout.startswith("usage ")
+    assert TOKEN not in result.stdout + result.stderr
+
+
+def test_usage_refuses_an_unknown_user(good: Path) -> None:
+    result = subprocess.run(
+        [str(BERRY), "usage", "--config", str(good), "--user", "mallory"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 1
+    assert "unknown user 'mallory'" in result.stderr

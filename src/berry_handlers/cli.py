@@ -1,18 +1,22 @@
-"""``berry``: ``serve`` runs every route in one uvicorn process; ``check-config`` validates."""
+"""``berry``: ``serve`` runs every route in one uvicorn process; ``check-config`` validates;
+``usage`` prints what each user used, from the state store."""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import importlib.util
 import logging
 import os
 import signal
 import sys
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from berry_shared.config import ConfigError, load_config, resolve_config_path
 
 if TYPE_CHECKING:
+    from berry_shared.gateway import Gateway
+
     from .server import Parser
 
 # Berry API's address, which its usage guide's examples assume (http://localhost:3000).
@@ -139,6 +143,77 @@ def _fastest_parser() -> Parser:
     return "httptools" if importlib.util.find_spec("httptools") else "h11"
 
 
+def _usage(args: argparse.Namespace) -> int:
+    from berry_shared.gateway import Gateway
+
+    path = resolve_config_path(args.config)
+    try:
+        config = load_config(path)
+    except ConfigError as exc:
+        print(f"{path}: {len(exc.problems)} problem(s)", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  {problem}", file=sys.stderr)
+        return 1
+    if args.user is not None and args.user not in config.users:
+        print(f"unknown user {args.user!r} (a [users.<id>] of {path})", file=sys.stderr)
+        return 1
+    if not 1 <= args.days <= 400:
+        print("--days must be between 1 and 400", file=sys.stderr)
+        return 1
+    try:
+        gateway = Gateway(config)
+    except ValueError as exc:  # e.g. an unknown BERRY_STATE_STORE
+        print(f"cannot read usage: {exc}", file=sys.stderr)
+        return 1
+    if gateway.store.kind == "memory":
+        print(
+            "note: the memory store keeps usage per process; this command sees none. For a "
+            "deployment's usage set BERRY_STATE_STORE=dynamodb (and BERRY_STATE_TABLE).",
+            file=sys.stderr,
+        )
+    print(format_usage(asyncio.run(_read_usage(gateway, args.user, args.days))))
+    return 0
+
+
+async def _read_usage(gateway: Gateway, user: str | None, days: int) -> dict[str, Any]:
+    from berry_shared import reports
+
+    try:
+        await gateway.store.start()
+        return await reports.usage(gateway, user, days)
+    finally:
+        await gateway.close()
+
+
+def format_usage(report: dict[str, Any]) -> str:
+    """``/admin/usage``'s document as a table, one line per user and model, then totals."""
+    header = ("user", "model", "requests", "prompt", "completion", "cached", "cost USD")
+    rows = []
+    for user_id, user in report["users"].items():
+        for model, counts in user["models"].items():
+            rows.append((user_id, model, *_figures(counts)))
+        rows.append((user_id, "(all)", *_figures(user)))
+    widths = [max(len(str(row[i])) for row in (header, *rows)) for i in range(len(header))]
+    lines = [f"usage {report['from']} to {report['to']} (UTC)"]
+    for row in (header, *rows):
+        cells = [
+            str(cell).ljust(w) if i < 2 else str(cell).rjust(w)
+            for i, (cell, w) in enumerate(zip(row, widths, strict=True))
+        ]
+        lines.append("  ".join(cells).rstrip())
+    return "\n".join(lines)
+
+
+def _figures(counts: dict[str, Any]) -> tuple[str, ...]:
+    return (
+        str(counts["requests"]),
+        str(counts["prompt_tokens"]),
+        str(counts["completion_tokens"]),
+        str(counts["cached_tokens"]),
+        f"{counts['cost_usd']:.6f}",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="berry", description="Berry, an OpenAI-compatible LLM gateway"
@@ -181,6 +256,13 @@ def build_parser() -> argparse.ArgumentParser:
         "config", nargs="?", help="config file (default: $CONFIG_PATH, else ./config.toml)"
     )
     check.set_defaults(run=_check_config)
+    usage = commands.add_parser(
+        "usage", help="print usage per user and model from the state store (DynamoDB: shared)"
+    )
+    usage.add_argument("--config", help="config file (default: $CONFIG_PATH, else ./config.toml)")
+    usage.add_argument("--days", type=int, default=1, help="UTC days up to today (default 1)")
+    usage.add_argument("--user", help="one user's config id")
+    usage.set_defaults(run=_usage)
     return parser
 
 
