@@ -527,3 +527,43 @@ def test_usage_refuses_an_unknown_user(good: Path) -> None:
     )
     assert result.returncode == 1
     assert "unknown user 'mallory'" in result.stderr
+
+
+BEDROCK_CONFIG = """
+[providers.br]
+name = "Bedrock"
+base_url = "http://127.0.0.1:9999"
+api_key = ""
+backend_type = "bedrock"
+models = ["anthropic.claude-3-5-sonnet-20240620-v1:0"]
+
+[models.c]
+name = "c"
+
+[[models.c.backends]]
+provider = "br"
+model = "anthropic.claude-3-5-sonnet-20240620-v1:0"
+
+[users.a]
+name = "A"
+token = "a-token-of-twenty-chars"
+"""
+
+
+def test_a_bedrock_provider_without_a_region_is_a_warning(tmp_path: Path) -> None:
+    path = tmp_path / "bedrock.toml"
+    path.write_text(BEDROCK_CONFIG)
+    environ = {k: v for k, v in os.environ.items() if k not in ("AWS_REGION", "AWS_DEFAULT_REGION")}
+    without = subprocess.run(
+        [BERRY, "check-config", str(path)], env=environ, capture_output=True, text=True, check=False
+    )
+    assert without.returncode == 0
+    assert "warning: providers.br: no AWS region" in without.stderr
+    with_region = subprocess.run(
+        [BERRY, "check-config", str(path)],
+        env={**environ, "AWS_REGION": "eu-west-1"},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert with_region.returncode == 0 and "warning" not in with_region.stderr

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from berry_shared.config import ConfigError, load_config, resolve_config_path
 
 if TYPE_CHECKING:
+    from berry_shared.config import Config
     from berry_shared.gateway import Gateway
 
     from .server import Parser
@@ -33,7 +34,7 @@ def _check_config(args: argparse.Namespace) -> int:
         for problem in exc.problems:
             print(f"  {problem}", file=sys.stderr)
         return 1
-    for warning in config.warnings():
+    for warning in [*config.warnings(), *_environment_warnings(config)]:
         print(f"warning: {warning}", file=sys.stderr)
     print(
         f"{path}: OK - {len(config.providers)} providers, {len(config.models)} models, "
@@ -53,6 +54,21 @@ def _address(args: argparse.Namespace) -> tuple[str, int]:
     return (args.host if args.host is not None else host), (
         args.port if args.port is not None else port
     )
+
+
+def _environment_warnings(config: Config) -> list[str]:
+    """What depends on where Berry runs: a SigV4 Bedrock provider needs a region, from its
+    base_url or AWS_REGION (set by Lambda itself, so only a warning here)."""
+    from berry_shared.dialects.bedrock_signer import bedrock_region  # no botocore import
+
+    notes = []
+    for pid, provider in config.providers.items():
+        if provider.backend_type == "bedrock" and not provider.api_key:
+            try:
+                bedrock_region(provider.base_url)
+            except ValueError as exc:
+                notes.append(f"providers.{pid}: {exc}")
+    return notes
 
 
 def _serve(args: argparse.Namespace) -> int:

@@ -357,6 +357,11 @@ class Relay:
             except Unsupported as unsupported:
                 tally.unsupported.append(unsupported)
                 continue
+            except AttemptFailed as failure:
+                # Known to fail before sending (no credentials to sign with): its failure.
+                self._failed(candidate, failure)
+                tally.failures.append((backend.key, failure))
+                continue
             except Exception as exc:
                 # A translation bug must cost this backend, never the whole request.
                 logger.warning("cannot translate for %s: %s", backend.key, type(exc).__name__)

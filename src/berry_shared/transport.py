@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     import aiohttp
+    from yarl import URL
 
 
 class TransportError(Exception):
@@ -57,6 +58,9 @@ class HttpRequest:
     method: str = "POST"
     # Longest silence allowed between two reads of the answer (the provider's timeout).
     read_timeout: float | None = None
+    # The URL is already percent-encoded exactly as it must travel (a signed path, where
+    # turning "%3A" back into ":" would change what was signed).
+    encoded_url: bool = False
 
 
 class HttpResponse:
@@ -162,10 +166,15 @@ class HttpTransport:
         its key, configured headers and the prompt never travel to another host).
         """
         session = self._client()
+        url: str | URL = request.url
+        if request.encoded_url:
+            from yarl import URL  # aiohttp's URL type, installed with it
+
+            url = URL(request.url, encoded=True)
         try:
             response = await session.request(
                 request.method,
-                request.url,
+                url,
                 data=request.body,
                 headers=request.headers,
                 timeout=self._timeout(request.read_timeout),
