@@ -22,13 +22,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import dataclasses
 import math
 import random
-import socket
 import sys
-import threading
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -36,6 +33,8 @@ from typing import Any
 
 import orjson
 import uvicorn
+
+from fakes.server import ThreadedServer, drop_connection
 
 Scope = dict[str, Any]
 Message = dict[str, Any]
@@ -161,18 +160,6 @@ async def _wait_disconnect(receive: Receive) -> None:
         pass
 
 
-async def _drop_connection(send: Send, receive: Receive) -> None:
-    """Close the TCP connection abruptly, without sending anything more."""
-    # uvicorn passes a bound RequestResponseCycle.send whose owner holds the transport.
-    transport = getattr(getattr(send, "__self__", None), "transport", None)
-    if transport is None or not hasattr(transport, "close"):
-        raise ConnectionAbortedError("demo upstream: deliberate connection drop")
-    transport.close()  # flushes what was already written, then FIN
-    # Wait for uvicorn to notice (connection_lost); returning earlier would make it log
-    # "ASGI callable returned without starting response" and try to write a 500.
-    await _wait_disconnect(receive)
-
-
 class DemoApp:
     """The raw ASGI application. ``create_app`` is the public way to build one."""
 
@@ -287,7 +274,7 @@ class DemoApp:
             self.disconnects += 1
             return
         if b.mode == "close":
-            await _drop_connection(send, receive)
+            await drop_connection(send, receive)
             return
         if not self._authorized(scope):
             await _send_json(send, 401, error_body(401, "Incorrect API key provided."))
@@ -333,7 +320,7 @@ class DemoApp:
         if client_gone:
             self.disconnects += 1
         else:  # released by stop(): drop it so uvicorn can shut down promptly
-            await _drop_connection(send, receive)
+            await drop_connection(send, receive)
 
     def _delay_ms(self) -> float:
         b = self.behaviour
@@ -393,7 +380,7 @@ class DemoApp:
         # Announce the full length, send half of it, then drop: a truncated body.
         await _start(send, 200, [(b"content-type", b"application/json"), _length(payload)])
         await _body(send, payload[: len(payload) // 2], more=True)
-        await _drop_connection(send, receive)
+        await drop_connection(send, receive)
 
     async def _stream(self, body: dict[str, Any], send: Send, receive: Receive) -> None:
         b = self.behaviour
@@ -412,7 +399,7 @@ class DemoApp:
             if i:
                 await _sleep_ms(b.chunk_delay_ms)
             if b.mode == "cut_stream" and i == 2:
-                await _drop_connection(send, receive)
+                await drop_connection(send, receive)
                 return
             delta = {"role": "assistant", "content": piece} if i == 0 else {"content": piece}
             finish = "stop" if i == len(pieces) - 1 else None
@@ -423,7 +410,7 @@ class DemoApp:
         if isinstance(options, dict) and options.get("include_usage") is True:
             await _body(send, _sse({**envelope, "choices": [], "usage": usage}), more=True)
         if b.mode == "cut_stream":  # fewer than 3 chunks configured: still never send [DONE]
-            await _drop_connection(send, receive)
+            await drop_connection(send, receive)
             return
         await _body(send, b"data: [DONE]\n\n")
 
@@ -493,20 +480,23 @@ class DemoUpstream:
         self, behaviour: Behaviour | None = None, host: str = "127.0.0.1", port: int = 0
     ) -> None:
         self.app = create_app(behaviour if behaviour is not None else Behaviour())
-        self.host = host
-        self.port = port  # replaced by the real bound port in start()
-        self._server: uvicorn.Server | None = None
-        self._thread: threading.Thread | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self.server = ThreadedServer(self.app, host, port)
 
     @property
     def behaviour(self) -> Behaviour:
         return self.app.behaviour
 
     @property
+    def host(self) -> str:
+        return self.server.host
+
+    @property
+    def port(self) -> int:
+        return self.server.port
+
+    @property
     def root_url(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}"
+        return self.server.root_url
 
     @property
     def base_url(self) -> str:
@@ -519,62 +509,13 @@ class DemoUpstream:
         self.app.reset_stats()
 
     def start(self, timeout: float = 5.0) -> DemoUpstream:
-        if self._thread is not None:
-            raise RuntimeError("DemoUpstream already started")
-        # Bind ourselves so that port=0 yields a known port before the server runs.
-        # IPPROTO_TCP explicitly: asyncio sets TCP_NODELAY only on sockets whose proto says
-        # TCP, and without it every response waits ~40 ms for a delayed ACK.
-        sock = socket.socket(
-            socket.AF_INET6 if ":" in self.host else socket.AF_INET,
-            socket.SOCK_STREAM,
-            socket.IPPROTO_TCP,
-        )
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((self.host, self.port))
-        self.port = sock.getsockname()[1]
-        config = uvicorn.Config(
-            self.app,
-            host=self.host,
-            port=self.port,
-            log_level="warning",
-            lifespan="off",
-            loop="asyncio",
-            access_log=False,
-            timeout_graceful_shutdown=2,
-        )
-        server = self._server = uvicorn.Server(config)
-
-        async def serve() -> None:
-            self._loop = asyncio.get_running_loop()
-            await server.serve(sockets=[sock])
-
-        self._thread = threading.Thread(
-            target=asyncio.run, args=(serve(),), daemon=True, name=f"demo-upstream-{self.port}"
-        )
-        self._thread.start()
-        deadline = time.monotonic() + timeout
-        while not server.started:
-            if not self._thread.is_alive() or time.monotonic() > deadline:
-                sock.close()
-                raise RuntimeError(f"demo upstream failed to start on {self.host}:{self.port}")
-            time.sleep(0.005)
+        self.server.start(timeout)
         return self
 
     def stop(self, timeout: float = 5.0) -> None:
-        server, thread, loop = self._server, self._thread, self._loop
-        if server is None or thread is None:
-            return
-        if loop is not None:
-            # "hang" requests would otherwise keep uvicorn's graceful shutdown waiting.
-            # RuntimeError: the loop already closed (server died), nothing left to release.
-            with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(self.app.release_hanging)
-        server.should_exit = True
-        thread.join(timeout)
-        if thread.is_alive():
-            server.force_exit = True
-            thread.join(timeout)
-        self._server = self._thread = self._loop = None
+        # "hang" requests would otherwise keep uvicorn's graceful shutdown waiting.
+        self.server.call_soon(self.app.release_hanging)
+        self.server.stop(timeout)
 
     def __enter__(self) -> DemoUpstream:
         return self.start()

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
-import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -16,7 +13,6 @@ from typing import Any
 
 import httpx
 import tomli_w
-import uvicorn
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "local"))
@@ -26,6 +22,7 @@ from berry_shared.config import Config, parse_config  # noqa: E402
 from berry_shared.gateway import Gateway  # noqa: E402
 from demo_upstream import DemoUpstream  # noqa: E402
 from dynamodb_local import free_port  # noqa: E402
+from fakes.server import ThreadedServer  # noqa: E402
 
 ADMIN_TOKEN = "test-admin-token-0123456789"
 USER_TOKEN = "test-user-token-0123456789"
@@ -122,52 +119,15 @@ def berry_serve(
         berry.stop()
 
 
-class ServerThread:
-    """Any ASGI app under uvicorn on its own thread and loop, on a free loopback port."""
+class ServerThread(ThreadedServer):
+    """Any ASGI app, with its lifespan, under uvicorn on its own thread and loop."""
 
     def __init__(self, app: Any, **config: Any) -> None:
-        self.app = app
-        self.config = config
-        self.port = 0
-        self._server: uvicorn.Server | None = None
-        self._thread: threading.Thread | None = None
+        super().__init__(app, **{"lifespan": "on", **config})
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> ServerThread:
-        # IPPROTO_TCP: asyncio sets TCP_NODELAY only then (else ~40 ms delayed-ACK stalls).
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("127.0.0.1", 0))
-        self.port = sock.getsockname()[1]
-        config = uvicorn.Config(
-            self.app,
-            log_level="warning",
-            access_log=False,
-            loop="asyncio",
-            timeout_graceful_shutdown=2,
-            **self.config,
-        )
-        server = self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(
-            target=asyncio.run, args=(server.serve(sockets=[sock]),), daemon=True
-        )
-        self._thread.start()
-        deadline = time.monotonic() + 10
-        while not server.started:
-            if not self._thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError("server failed to start")
-            time.sleep(0.005)
-        return self
-
-    def stop(self) -> None:
-        if self._server is None or self._thread is None:
-            return
-        self._server.should_exit = True
-        self._thread.join(10)
-        self._server = self._thread = None
+        return self.root_url
 
 
 class Berry(ServerThread):

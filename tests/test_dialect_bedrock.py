@@ -1015,25 +1015,15 @@ def aws_env(monkeypatch, tmp_path: Path) -> None:
     monkeypatch.setenv("AWS_SESSION_TOKEN", SESSION_TOKEN)
 
 
-class RawPaths:
-    """The fake's app, noting each request's path exactly as it came over the wire."""
-
-    def __init__(self, app: Any) -> None:
-        self.app = app
-        self.paths: list[bytes] = []
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            self.paths.append(scope.get("raw_path") or scope["path"].encode())
-        await self.app(scope, receive, send)
+def raw_paths(fake: FakeBedrock) -> list[bytes]:
+    """Each request's path exactly as it came over the wire."""
+    return [seen.raw_path for seen in fake.recorder.requests]
 
 
 @pytest.fixture(scope="module")
 def fake() -> Iterator[FakeBedrock]:
     # One server for the module keeps the file fast; each test resets it (fixture below).
     server = FakeBedrock(session_token=SESSION_TOKEN, api_key=API_KEY)
-    server.raw = RawPaths(server.app)  # type: ignore[attr-defined]
-    server.server = ThreadedServer(server.raw)  # type: ignore[attr-defined]
     with server:
         yield server
 
@@ -1046,7 +1036,6 @@ def bedrock(fake: FakeBedrock) -> FakeBedrock:
     fake.app.auth = AuthConfig(REGION, KEY, SECRET, SESSION_TOKEN, API_KEY)
     fake.recorder.clear()
     fake.calls.clear()
-    fake.raw.paths.clear()  # type: ignore[attr-defined]
     return fake
 
 
@@ -1179,7 +1168,7 @@ def test_non_stream_chat_through_berry(sigv4_berry: Berry, bedrock: FakeBedrock)
     assert call.seen.json["inferenceConfig"] == {"maxTokens": 100, "temperature": 0.2}
     assert call.seen.headers["x-amz-security-token"] == SESSION_TOKEN  # from the environment
     # The path on the wire is boto3's: ":" percent-encoded, and that is what was signed.
-    assert bedrock.raw.paths == [boto3_path(MODEL, False).encode()]  # type: ignore[attr-defined]
+    assert raw_paths(bedrock) == [boto3_path(MODEL, False).encode()]
 
 
 @pytest.mark.parametrize("include_usage", [True, False])
@@ -1502,7 +1491,7 @@ def test_model_ids_with_colons_and_inference_profile_arns_reach_bedrock(
     assert list(sdk.chat.completions.create(model=PUBLIC, messages=HELLO, stream=True))  # type: ignore[arg-type]
     assert [call.model_id for call in bedrock.calls] == [PROFILE_ARN, PROFILE_ARN]
     assert all(call.auth == "sigv4" for call in bedrock.calls)
-    assert bedrock.raw.paths == [  # type: ignore[attr-defined]
+    assert raw_paths(bedrock) == [
         boto3_path(PROFILE_ARN, False).encode(),
         boto3_path(PROFILE_ARN, True).encode(),
     ]

@@ -39,6 +39,7 @@ from .server import (
     Send,
     StreamSender,
     ThreadedServer,
+    drop_connection,
     read_body,
     send_bytes,
     wait_for_disconnect,
@@ -1108,17 +1109,6 @@ async def _sleep_ms(ms: float) -> None:
         await asyncio.sleep(ms / 1000)
 
 
-async def _drop_connection(send: Send, receive: Receive) -> None:
-    """Close the TCP connection without finishing the response (a cut, not a clean end)."""
-    # uvicorn passes a bound RequestResponseCycle.send whose owner holds the transport.
-    transport = getattr(getattr(send, "__self__", None), "transport", None)
-    if transport is None or not hasattr(transport, "close"):
-        raise ConnectionAbortedError("fake Anthropic: deliberate connection drop")
-    transport.close()
-    # Returning before uvicorn sees connection_lost would make it try to send a 500.
-    await wait_for_disconnect(receive)
-
-
 def _authenticate(headers: Mapping[str, str], api_key: str) -> None:
     # The API takes the key as x-api-key (curl, older SDKs) or as a bearer token (SDK >= 2).
     key = headers.get("x-api-key")
@@ -1252,7 +1242,7 @@ class FakeAnthropicApp:
             await send({"type": "http.response.start", "status": 200, "headers": headers})
             half = payload[: len(payload) // 2]
             await send({"type": "http.response.body", "body": half, "more_body": True})
-            await _drop_connection(send, receive)
+            await drop_connection(send, receive)
             return
         await send_bytes(send, 200, payload, headers=[(b"request-id", request_id.encode())])
         seen.completed = True
@@ -1288,7 +1278,7 @@ class FakeAnthropicApp:
                     break
                 if behaviour.mode == "cut":
                     await sender.close()  # stop watching: the drop itself disconnects
-                    await _drop_connection(send, receive)
+                    await drop_connection(send, receive)
                     return
             await sender.end()
         finally:
@@ -1311,7 +1301,7 @@ class FakeAnthropicApp:
         if client_gone:
             seen.client_gone = True
         else:  # released by stop(): drop it so that uvicorn can shut down promptly
-            await _drop_connection(send, receive)
+            await drop_connection(send, receive)
 
 
 class FakeAnthropic:

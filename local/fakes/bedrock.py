@@ -64,6 +64,7 @@ from fakes.server import (
     Send,
     StreamSender,
     ThreadedServer,
+    drop_connection,
     read_body,
     send_bytes,
     wait_for_disconnect,
@@ -975,15 +976,6 @@ async def _sleep_ms(ms: float) -> None:
         await asyncio.sleep(ms / 1000)
 
 
-async def _drop_connection(send: Send, receive: Receive) -> None:
-    """Close the TCP connection abruptly (uvicorn: through the protocol's transport)."""
-    transport = getattr(getattr(send, "__self__", None), "transport", None)
-    if transport is None or not hasattr(transport, "close"):
-        raise ConnectionAbortedError("fake Bedrock: deliberate connection drop")
-    transport.close()
-    await wait_for_disconnect(receive)
-
-
 class BedrockApp:
     """Raw ASGI app of the fake (FakeBedrock runs it)."""
 
@@ -1099,7 +1091,7 @@ class BedrockApp:
         await send(
             {"type": "http.response.body", "body": payload[: len(payload) // 2], "more_body": True}
         )
-        await _drop_connection(send, receive)
+        await drop_connection(send, receive)
 
     async def _stream(
         self,
@@ -1129,7 +1121,7 @@ class BedrockApp:
                 for frame in frames[:fail_at]:
                     if not await sender.chunk(frame):
                         return
-                await _drop_connection(send, receive)
+                await drop_connection(send, receive)
                 return
             for index, write in enumerate(_writes(frames)):
                 if write.second_half:
@@ -1154,7 +1146,7 @@ class BedrockApp:
             waiter.cancel()
             gone.cancel()
         if not seen.client_gone:  # released by stop(): drop it so that uvicorn can shut down
-            await _drop_connection(send, receive)
+            await drop_connection(send, receive)
 
 
 def _stream_error(behaviour: Behaviour) -> tuple[str, str]:

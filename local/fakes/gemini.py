@@ -53,6 +53,7 @@ from fakes.server import (
     Send,
     StreamSender,
     ThreadedServer,
+    drop_connection,
     read_body,
     send_bytes,
     wait_for_disconnect,
@@ -1363,15 +1364,6 @@ async def _sleep_ms(ms: float) -> None:
         await asyncio.sleep(ms / 1000)
 
 
-async def _drop_connection(send: Send, receive: Receive) -> None:
-    """Close the TCP connection without finishing the response (uvicorn's transport)."""
-    transport = getattr(getattr(send, "__self__", None), "transport", None)
-    if transport is None or not hasattr(transport, "close"):
-        raise ConnectionAbortedError("fake Gemini: deliberate connection drop")
-    transport.close()
-    await wait_for_disconnect(receive)  # let uvicorn see the loss before we return
-
-
 @dataclass
 class Call:
     """One routed request."""
@@ -1523,7 +1515,7 @@ class GeminiApp:
         if client_gone:
             seen.client_gone = True
         else:  # released by stop(): drop the connection so shutdown does not wait for it
-            await _drop_connection(send, receive)
+            await drop_connection(send, receive)
 
     async def _send_whole(self, renderer: Renderer, send: Send, receive: Receive) -> None:
         payload = orjson.dumps(renderer.whole())
@@ -1539,7 +1531,7 @@ class GeminiApp:
         await send(
             {"type": "http.response.body", "body": payload[: len(payload) // 2], "more_body": True}
         )
-        await _drop_connection(send, receive)
+        await drop_connection(send, receive)
 
     async def _stream(
         self, renderer: Renderer, call: Call, seen: Seen, send: Send, receive: Receive
@@ -1561,13 +1553,13 @@ class GeminiApp:
                     await _sleep_ms(b.event_delay_ms)
                 if b.mode == "stream_error" and i == max(1, len(framed) // 2):
                     await stream.close()  # the fake hangs up: not a client that went away
-                    await _drop_connection(send, receive)
+                    await drop_connection(send, receive)
                     return
                 if not await stream.chunk(chunk):
                     return
             if b.mode == "stream_error":  # a one-event stream: still never end it cleanly
                 await stream.close()
-                await _drop_connection(send, receive)
+                await drop_connection(send, receive)
                 return
             await stream.end()
         finally:

@@ -115,6 +115,8 @@ class Seen:
     headers: dict[str, str]
     body: bytes
     json: Any = None
+    # The path exactly as it came over the wire (percent-encoding intact).
+    raw_path: bytes = b""
     # Set when the response was fully sent, or when the client went away first.
     completed: bool = False
     client_gone: bool = False
@@ -142,6 +144,7 @@ class Recorder:
             headers={k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]},
             body=body,
             json=parsed,
+            raw_path=scope.get("raw_path") or scope["path"].encode(),
         )
         self.requests.append(seen)
         return seen
@@ -174,6 +177,19 @@ async def read_body(receive: Receive) -> tuple[bytes, bool]:
 async def wait_for_disconnect(receive: Receive) -> None:
     while (await receive())["type"] != "http.disconnect":
         pass
+
+
+async def drop_connection(send: Send, receive: Receive) -> None:
+    """Close the TCP connection abruptly, without finishing the response (a cut, not a clean
+    end). Plain ASGI cannot say that: under uvicorn, ``send`` is bound to the request cycle,
+    whose owner holds the transport."""
+    transport = getattr(getattr(send, "__self__", None), "transport", None)
+    if transport is None or not hasattr(transport, "close"):
+        raise ConnectionAbortedError("deliberate connection drop")
+    transport.close()  # flushes what was already written, then FIN
+    # Returning before uvicorn sees connection_lost would make it log "ASGI callable returned
+    # without starting response" and try to write a 500.
+    await wait_for_disconnect(receive)
 
 
 async def send_bytes(
