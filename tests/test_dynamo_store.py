@@ -11,22 +11,54 @@ import pytest
 from berry_shared.backend_state import CircuitState, ErrorClass
 from berry_shared.config import Settings
 from berry_shared.state import create_store
-from berry_shared.state.dynamo import DynamoStateStore, make_client
+from berry_shared.state.dynamo import DynamoStateStore, StoreTuning, make_client
 
 SETTINGS = Settings(circuit_breaker_failure_threshold=3, circuit_breaker_timeout_seconds=60)
+# Few shards, so that the tests also see two batches land on one shard.
+TUNING = StoreTuning(fleet_size=8, shards=4, rollup_seconds=1.0)
 
 
-async def started(env, settings: Settings = SETTINGS) -> DynamoStateStore:
-    store = DynamoStateStore(settings, env.table, env.endpoint)
+async def started(env, settings: Settings = SETTINGS, tuning: StoreTuning = TUNING):
+    store = DynamoStateStore(settings, env.table, env.endpoint, tuning=tuning)
     await store.start()
     return store
 
 
-def shared_item(env, key: str) -> dict:
+def shared_totals(env, backend: str, shards: int = TUNING.shards) -> dict[str, float]:
+    """The backend's counters summed over its shard items, read straight from the table."""
     client = make_client(env.endpoint)
-    return client.get_item(
-        TableName=env.table, Key={"pk": {"S": "backend"}, "sk": {"S": key}}, ConsistentRead=True
-    ).get("Item", {})
+    totals: dict[str, float] = {}
+    for shard in range(shards):
+        item = client.get_item(
+            TableName=env.table,
+            Key={"pk": {"S": f"stats#{shard}"}, "sk": {"S": backend}},
+            ConsistentRead=True,
+        ).get("Item", {})
+        for name in ("requests", "failures", "conf"):
+            if name in item:
+                totals[name] = totals.get(name, 0.0) + float(item[name]["N"])
+    return totals
+
+
+def control_item(env, backend: str) -> dict:
+    return (
+        make_client(env.endpoint)
+        .get_item(
+            TableName=env.table,
+            Key={"pk": {"S": "backend"}, "sk": {"S": backend}},
+            ConsistentRead=True,
+        )
+        .get("Item", {})
+    )
+
+
+async def eventually(check, within: float, step: float = 0.05) -> float:
+    """Seconds until ``check()`` held; fails the test after ``within`` seconds."""
+    started_at = time.monotonic()
+    while not check():
+        assert time.monotonic() - started_at < within, "not within the bound"
+        await asyncio.sleep(step)
+    return time.monotonic() - started_at
 
 
 async def test_env_selects_the_dynamodb_store_and_creates_the_table(dynamodb_env) -> None:
@@ -53,12 +85,14 @@ async def test_concurrent_writers_lose_no_counts(dynamodb_env) -> None:
         await store.sync()
 
     await asyncio.gather(*(hammer(s, 400) for s in stores))
+    await stores[0].rollup()
     for store in stores:
         await store.close()
-    item = shared_item(dynamodb_env, "p:m")
-    assert int(item["requests"]["N"]) == 1200
-    # Confidence rose to the cap; the stored sum of changes was clamped, not left at +hundreds.
-    assert float(item["conf"]["N"]) == pytest.approx(1.0 - 0.8)
+    totals = shared_totals(dynamodb_env, "p:m")
+    assert totals["requests"] == 1200
+    # Each instance raised confidence to the cap on its own (+0.2 each): the rollup pulled the
+    # stored sum of changes back to +0.2 instead of leaving +0.6 that failures would eat into.
+    assert totals["conf"] == pytest.approx(1.0 - 0.8)
 
 
 async def test_an_open_circuit_reaches_another_instance_within_a_second(dynamodb_env) -> None:
@@ -68,16 +102,14 @@ async def test_an_open_circuit_reaches_another_instance_within_a_second(dynamodb
         for _ in range(3):
             a.record_failure("p:m", ErrorClass.SERVER, now)
         assert a.state("p:m").circuit(now, SETTINGS) is CircuitState.OPEN
-        seen_at = None
-        started_at = time.monotonic()
-        while time.monotonic() - started_at < 3:
-            if b.state("p:m").circuit(time.time(), SETTINGS) is CircuitState.OPEN:
-                seen_at = time.monotonic() - started_at
-                break
-            await asyncio.sleep(0.02)
-        assert seen_at is not None and seen_at < 1.5
-        assert b.state("p:m").consecutive_failures == 3
+        seen = await eventually(
+            lambda: b.state("p:m").circuit(time.time(), SETTINGS) is CircuitState.OPEN, 3
+        )
+        assert seen < 1.5
+        # The statistics follow with the next rollup (rollup_seconds + about a refresh).
+        await eventually(lambda: b.state("p:m").consecutive_failures == 3, 1.0 + 3)
         assert b.state("p:m").confidence == pytest.approx(a.state("p:m").confidence)
+        assert b.state("p:m").failures == 3
     finally:
         await a.close()
         await b.close()
@@ -118,6 +150,27 @@ async def test_rate_limits_count_across_instances_exactly(dynamodb_env) -> None:
         await b.close()
 
 
+async def test_a_refused_user_is_refused_again_without_a_write(dynamodb_env) -> None:
+    store = await started(dynamodb_env)
+    writes: list[str] = []
+    store._client.meta.events.register(
+        "before-send.dynamodb.UpdateItem", lambda **kwargs: writes.append("update")
+    )
+    try:
+        now = time.time()
+        windows = [(3600, 2)]
+        assert await store.count_request("erin", windows, now) is None
+        assert await store.count_request("erin", windows, now) is None
+        wait = await store.count_request("erin", windows, now)
+        assert wait is not None and wait > 0
+        written = len(writes)
+        again = await store.count_request("erin", windows, now + 1)
+        assert again == pytest.approx(wait - 1)
+        assert len(writes) == written  # decided from the refusal DynamoDB already gave
+    finally:
+        await store.close()
+
+
 async def test_outage_keeps_serving_locally_and_catches_up(restartable_dynamodb) -> None:
     server = restartable_dynamodb
     env = SimpleNamespace(endpoint=server.endpoint, table="berry-outage")
@@ -142,36 +195,66 @@ async def test_outage_keeps_serving_locally_and_catches_up(restartable_dynamodb)
             assert time.monotonic() < deadline, store.status()
             await asyncio.sleep(0.2)
         await store.sync()
-        assert int(shared_item(env, "p:m")["requests"]["N"]) == 12
+        assert shared_totals(env, "p:m")["requests"] == 12
     finally:
         await store.close()
 
 
 async def test_unreachable_at_start_up_still_serves(dynamodb_env) -> None:
-    store = DynamoStateStore(SETTINGS, dynamodb_env.table, "http://127.0.0.1:9")
+    store = DynamoStateStore(SETTINGS, dynamodb_env.table, "http://127.0.0.1:9", tuning=TUNING)
     await store.start()
     try:
         assert store.status().healthy is False
         store.record_failure("p:m", ErrorClass.TIMEOUT, time.time())
         assert store.state("p:m").failures == 1
         assert await store.count_request("dave", [(60, 1)], time.time()) is None
+        # Deltas pending through the outage never hold the event loop (requests keep flowing).
+        ticks, began = 0, time.monotonic()
+        while time.monotonic() - began < 2.5:
+            await asyncio.sleep(0.01)
+            ticks += 1
+        assert ticks > 100
+        assert store.backlog == 1
     finally:
         await store.close()
 
 
-async def test_a_batch_resent_after_a_lost_answer_counts_once(dynamodb_env) -> None:
+async def test_reads_follow_traffic_not_the_clock(dynamodb_env) -> None:
+    store = await started(dynamodb_env)
+    reads: list[float] = []
+
+    def count(params, **_) -> None:
+        if params.get("ExpressionAttributeValues", {}).get(":pk", {}).get("S") == "backend":
+            reads.append(time.monotonic())
+
+    store._client.meta.events.register("before-parameter-build.dynamodb.Query", count)
+    try:
+        await asyncio.sleep(2.5)  # nothing served: idle after the first refresh
+        idle = len(reads)
+        began = time.monotonic()
+        while time.monotonic() - began < 3:  # looked at (a dashboard): once a second at most
+            store.state("p:m")
+            await asyncio.sleep(0.05)
+        looked = len(reads) - idle
+        began = time.monotonic()
+        while time.monotonic() - began < 3:  # serving: the active refresh, about 1 s
+            store.record_success("p:m", 5.0, time.time())
+            await asyncio.sleep(0.05)
+        served = len(reads) - idle - looked
+        assert idle <= 2
+        assert 2 <= looked <= 4
+        assert 2 <= served <= 5
+    finally:
+        await store.close()
+
+
+async def test_an_idle_instance_flushes_its_first_request_at_once(dynamodb_env) -> None:
     store = await started(dynamodb_env)
     try:
-        store.record_success("p:m", 5.0, time.time())
-        store.record_success("p:m", 5.0, time.time())
-        batch, store._pending = dict(store._pending), {}
-        # DynamoDB applied the batch but its answer never arrived: the resend uses the same
-        # idempotency token, as sync() does with every unacknowledged batch.
-        created = time.time()
-        store._send("token-1", batch, created)
-        store._send("token-1", batch, created)
-        assert int(shared_item(dynamodb_env, "p:m")["requests"]["N"]) == 2
-        store._send("token-2", batch, created)  # a genuinely new batch counts
-        assert int(shared_item(dynamodb_env, "p:m")["requests"]["N"]) == 4
+        await asyncio.sleep(2.5)  # idle: the loop now waits up to 15 s
+        store.state("p:m")  # a look refreshes the view...
+        await asyncio.sleep(0.3)
+        store.record_success("p:m", 5.0, time.time())  # ...and a request right after it
+        await eventually(lambda: shared_totals(dynamodb_env, "p:m").get("requests") == 1, 2.5)
     finally:
         await store.close()

@@ -382,6 +382,27 @@ class Config(_Section):
                     )
         if self.legacy_global is not None:
             notes.extend(self.legacy_global.notes())
+        # What template.yaml's functions cannot honour (berry_handlers/serverless.py fits the
+        # config to them): a 25 s deadline before API Gateway's 29 s, streams within Lambda's
+        # 900 s, bodies within its 6 MB payload. Only values set in the file: the defaults
+        # are documented with the deployment.
+        given, settings = self.settings.model_fields_set, self.settings
+        if "request_timeout_seconds" in given and settings.request_timeout_seconds > 25:
+            notes.append(
+                f"settings.request_timeout_seconds: {settings.request_timeout_seconds:g} s "
+                "cannot fit the API path on AWS Lambda, where Berry answers 504 after 25 s "
+                "(API Gateway cuts at 29 s); longer requests need the streaming route"
+            )
+        if "max_stream_duration_seconds" in given and settings.max_stream_duration_seconds > 890:
+            notes.append(
+                f"settings.max_stream_duration_seconds: {settings.max_stream_duration_seconds:g}"
+                " s cannot fit AWS Lambda, where streams end after 890 s (its limit is 900 s)"
+            )
+        if "max_request_body_bytes" in given and settings.max_request_body_bytes > 5 * 2**20:
+            notes.append(
+                f"settings.max_request_body_bytes: {settings.max_request_body_bytes} cannot fit "
+                "AWS Lambda's 6 MB payload; Berry refuses bodies over 5242880 bytes there"
+            )
         return notes
 
 

@@ -91,6 +91,7 @@ class _Account:
     model_key: str
     chat: ChatRequest
     token_windows: list[int]
+    budgeted: bool
 
 
 @dataclass(slots=True)
@@ -242,7 +243,8 @@ class Relay:
                     )
                 limited = {window for window, _ in windows}
         self.store.note_request(user_id, [w for w in REQUEST_WINDOWS if w not in limited], now)
-        return _Account(user_id, model_key, chat, token_windows)
+        budgeted = user.monthly_budget_usd is not None
+        return _Account(user_id, model_key, chat, token_windows, budgeted)
 
     def _account(self, account: _Account, answer: Answer, usage: Usage | None) -> None:
         """Count an answer's usage against its user: tokens, cost, and token windows."""
@@ -259,6 +261,8 @@ class Relay:
         self.store.record_usage(
             user_id, account.model_key, utc_day(now), UsageCounts.of(usage, cost)
         )
+        if account.budgeted and cost:
+            self.store.add_spend(user_id, utc_month(now), cost)
         if account.token_windows:
             self.store.add_tokens(user_id, account.token_windows, usage.total_tokens, now)
         self.metrics.add_usage(backend.key, usage)

@@ -16,7 +16,7 @@ from .backend_state import CircuitState
 from .config import Backend, Model
 from .gateway import Gateway
 from .smart_ai import Candidate, selection_shares
-from .state.ledger import REQUEST_WINDOWS, TOKENS
+from .state.ledger import REQUEST_WINDOWS
 from .usage import UsageCounts, days_ending
 
 
@@ -447,25 +447,27 @@ async def usage(
     return {"users": users, "from": window[0], "to": window[-1], "timestamp": iso(now)}
 
 
+def _rounded(value: float | None) -> int | None:
+    return None if value is None else round(value)
+
+
 async def rate_limit_usage(
     gateway: Gateway, user_id: str, now: float | None = None
 ) -> dict[str, Any]:
     """``/admin/rate-limit-usage``: Berry API's shape, plus the limits and token windows."""
     now = now or time.time()
     store = gateway.store
-    requests = await store.request_rates(user_id, list(REQUEST_WINDOWS), now)
     limits = gateway.config.users[user_id].rate_limit
+    limited = [window for window, _ in limits.windows()] if limits is not None else []
+    requests = await store.request_rates(user_id, list(REQUEST_WINDOWS), limited, now)
     token_limits = limits.token_windows() if limits is not None else []
-    tokens = {
-        window: store.ledger.slot(TOKENS, user_id, window, now).rate(window, now)
-        for window, _ in token_limits
-    }
+    tokens = await store.token_rates(user_id, [window for window, _ in token_limits], now)
     body: dict[str, Any] = {
         "user_id": user_id,
         "usage": {
-            "requests_this_minute": round(requests[60]),
-            "requests_this_hour": round(requests[3600]),
-            "requests_this_day": round(requests[86400]),
+            "requests_this_minute": _rounded(requests[60]),
+            "requests_this_hour": _rounded(requests[3600]),
+            "requests_this_day": _rounded(requests[86400]),
             **({"tokens_this_minute": round(tokens[60])} if 60 in tokens else {}),
             **({"tokens_this_day": round(tokens[86400])} if 86400 in tokens else {}),
         },

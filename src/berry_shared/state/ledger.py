@@ -42,8 +42,9 @@ class UsageLedger:
         if total is None:
             self.usage[key] = total = UsageCounts()
         total.add(counts)
-        month = (user_id, day[:7])
-        self.spend[month] = self.spend.get(month, 0) + counts.cost_nano
+
+    def add_spend(self, user_id: str, month: str, cost_nano: int) -> None:
+        self.spend[(user_id, month)] = self.spend.get((user_id, month), 0) + cost_nano
 
     def wait(
         self, kind: str, user_id: str, windows: Iterable[tuple[int, int]], now: float

@@ -9,6 +9,7 @@ and counting a rate-limited request.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Collection
 from dataclasses import dataclass
 
 from ..backend_state import (
@@ -70,6 +71,10 @@ class StateStore(ABC):
         """One answer's usage and cost, for ``user_id`` on ``model_key`` on UTC ``day``."""
         self.ledger.record(user_id, model_key, day, counts)
 
+    def add_spend(self, user_id: str, month: str, cost_nano: int) -> None:
+        """Spend of a user with a monthly budget, in the UTC ``month`` ("YYYY-MM")."""
+        self.ledger.add_spend(user_id, month, cost_nano)
+
     def month_spend_nano(self, user_id: str, month: str) -> int:
         """Nano-dollars ``user_id`` spent in the UTC ``month`` ("YYYY-MM"), as known here."""
         return self.ledger.spend.get((user_id, month), 0)
@@ -92,9 +97,16 @@ class StateStore(ABC):
         """user -> model key -> usage summed over the UTC ``days``."""
         return self.ledger.report(user_ids, days)
 
-    async def request_rates(self, user_id: str, windows: list[int], now: float) -> dict[int, float]:
-        """The sliding-window request count of ``user_id`` for each window."""
+    async def request_rates(
+        self, user_id: str, windows: list[int], limited: Collection[int], now: float
+    ) -> dict[int, float | None]:
+        """The sliding-window request count of ``user_id`` for each window (None: a window
+        this store does not track). ``limited``: the windows with a limit."""
         return {w: self.ledger.slot(REQUESTS, user_id, w, now).rate(w, now) for w in windows}
+
+    async def token_rates(self, user_id: str, windows: list[int], now: float) -> dict[int, float]:
+        """The sliding-window token count of ``user_id`` for each window."""
+        return {w: self.ledger.slot(TOKENS, user_id, w, now).rate(w, now) for w in windows}
 
     @abstractmethod
     async def acquire_trial(self, key: str, now: float, lease_seconds: float) -> bool:

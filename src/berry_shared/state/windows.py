@@ -10,7 +10,7 @@ WAIT_MARGIN_SECONDS = 0.001
 
 
 def sliding_window_wait(
-    previous: int, current: int, limit: int, window: int, now: float
+    previous: float, current: float, limit: int, window: int, now: float
 ) -> float | None:
     """The two-window approximation of a sliding window (as Cloudflare's rate limiter).
 
