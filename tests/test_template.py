@@ -414,3 +414,10 @@ def test_the_flush_extension_is_for_the_python_runtime_only(source) -> None:
     Web Adapter the handler is a script and uvicorn flushes on its own shutdown."""
     assert properties(source, "ChatFunction")["Handler"].startswith("berry_handlers.")
     assert not properties(source, "ChatStreamFunction")["Handler"].startswith("berry_handlers.")
+
+
+def test_the_fleet_size_reaches_the_store(source: dict[str, Any]) -> None:
+    """The DynamoDB store spreads its counters over FleetSize / 2 shards."""
+    assert source["Parameters"]["FleetSize"]["Default"] == 100
+    variables = source["Globals"]["Function"]["Environment"]["Variables"]
+    assert variables["BERRY_STATE_FLEET_SIZE"] == {"Ref": "FleetSize"}

@@ -746,8 +746,10 @@ class DynamoStateStore(StateStore):
             return
         self._sync_lock = self._sync_lock or asyncio.Lock()
         async with self._sync_lock:
+            if self._pending or self._counters:
+                # The flush clock measures sends: a read alone must not postpone one.
+                self._last_flush = time.monotonic()
             self._take_batch(time.time())
-            self._last_flush = time.monotonic()
             try:
                 view = await self._call(self._exchange, read, self._active or self._rollup_owed)
             except Exception as exc:
