@@ -236,6 +236,7 @@ def test_parallel_requests_overshoot_a_budget_by_at_most_what_was_in_flight(
     with ThreadPoolExecutor(concurrency) as pool:
         statuses = list(pool.map(one, range(50)))
     admitted = statuses.count(200)
+    print(f"budget for 10, {concurrency} at a time: {admitted} admitted")  # for the README
     assert statuses.count(429) == 50 - admitted
     assert 10 <= admitted <= 10 + concurrency - 1, statuses
     assert alice_usage(berry)["requests"] == admitted

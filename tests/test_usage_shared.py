@@ -176,6 +176,7 @@ def test_budget_overshoot_across_instances_stays_within_the_sync_bound(pair, mon
         time.sleep(0.1)
     rate = len(statuses) / (time.monotonic() - started)
     admitted = statuses.count(200)
+    print(f"budget for 10: {admitted} admitted at {rate:.1f} requests/s")  # for the README
     assert statuses.count(429) == len(statuses) - admitted
     assert admitted >= 10
     assert admitted <= 10 + rate * (1 + 3 + 1), (admitted, rate)
