@@ -85,13 +85,19 @@ async def chat_completions(request: Request) -> Response:
     return Response(answer.body, answer.status, answer.headers, answer.content_type)
 
 
+# Answers faster than this never start a watcher: it would cost more than it could save.
+WATCH_AFTER_SECONDS = 0.05
+
+
 async def _unless_client_leaves(receive: Receive, work: Awaitable[T]) -> T:
     """``work``, cancelled as soon as the client disconnects: a provider must not generate
     (and bill) an answer nobody will read. The body has been read, so the next ASGI message
-    can only be the disconnect."""
+    can only be the disconnect. The watcher starts only once the answer takes a while."""
     task = asyncio.current_task()
     assert task is not None
+    loop = asyncio.get_running_loop()
     gone = False
+    watcher: asyncio.Task[None] | None = None
 
     async def watch() -> None:
         nonlocal gone
@@ -100,7 +106,11 @@ async def _unless_client_leaves(receive: Receive, work: Awaitable[T]) -> T:
         gone = True
         task.cancel()
 
-    watcher = asyncio.create_task(watch())
+    def start_watching() -> None:
+        nonlocal watcher
+        watcher = loop.create_task(watch())
+
+    timer = loop.call_later(WATCH_AFTER_SECONDS, start_watching)
     try:
         return await work
     except asyncio.CancelledError:
@@ -109,7 +119,9 @@ async def _unless_client_leaves(receive: Receive, work: Awaitable[T]) -> T:
         task.uncancel()
         raise ClientClosedRequest("The client closed the connection before the answer.") from None
     finally:
-        watcher.cancel()
+        timer.cancel()
+        if watcher is not None:
+            watcher.cancel()
 
 
 app = build_app(router, title="Berry chat")

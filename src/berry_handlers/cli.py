@@ -83,6 +83,7 @@ def _serve(args: argparse.Namespace) -> int:
         enable_access_log,
         protocol_class,
         shutdown_grace,
+        tune_garbage_collection,
     )
 
     try:
@@ -142,6 +143,7 @@ def _serve(args: argparse.Namespace) -> int:
         signal.signal(stop_signal, lambda *_: sys.exit(0))
     shown = f"[{host}]" if ":" in host else host
     print(f"Berry serving {path} on http://{shown}:{port}", file=sys.stderr)
+    tune_garbage_collection()
     try:
         server.run()
     except SystemExit:

@@ -126,9 +126,18 @@ class UsageCounts:
         }
 
 
+_days: dict[int, str] = {}
+
+
 def utc_day(now: float) -> str:
     """The UTC day of a wall-clock time, as usage is kept: ``2026-11-30``."""
-    return time.strftime("%Y-%m-%d", time.gmtime(now))
+    index = int(now // 86400)
+    day = _days.get(index)
+    if day is None:
+        if len(_days) > 1000:
+            _days.clear()
+        day = _days[index] = time.strftime("%Y-%m-%d", time.gmtime(now))
+    return day
 
 
 def utc_month(now: float) -> str:
