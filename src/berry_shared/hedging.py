@@ -2,9 +2,12 @@
 
 The delay comes from what is normal for the backend being waited on: a high quantile of its
 recent time to first byte (for a stream) or to the whole answer (for a plain request), within
-the configured floor and ceiling. Until a backend has enough samples the ceiling applies, so
-a working backend's normal latency does not trigger hedges, while one that accepts requests
-and never answers costs at most the ceiling. Samples are kept per process: the delay needs
+the configured floor and ceiling. Only answers count: an attempt cancelled because another
+answered first says the backend was slow that time, which is exactly what the delay must not
+learn to expect (a backend that stalls on 5% of requests would otherwise push its own 95th
+percentile into the stalls, and hedge too late). Until a backend has enough samples the
+ceiling applies, so a working backend's normal latency does not trigger hedges, while one that
+accepts requests and never answers costs at most the ceiling. Samples are kept per process: the delay needs
 recent local evidence, not a shared view.
 """
 

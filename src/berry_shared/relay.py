@@ -337,7 +337,7 @@ class Relay:
                 if not done and time.perf_counter() >= deadline:
                     return None
         finally:
-            self._cancel_losers(running, chat.stream)
+            self._cancel_losers(running)
 
     def _outcome(
         self,
@@ -419,17 +419,17 @@ class Relay:
             return work, _Running(candidate, time.perf_counter(), hedge=False)
         return None
 
-    def _cancel_losers(self, running: dict[asyncio.Task[Answer], _Running], stream: bool) -> None:
+    def _cancel_losers(self, running: dict[asyncio.Task[Answer], _Running]) -> None:
         """Cancel attempts still in flight (their connections close, so the providers stop
-        generating). A loser did not fail: it was only slower. What it showed - that it takes
-        at least this long - is kept as a latency floor."""
+        generating). A loser did not fail: it was only slower. That it takes at least this
+        long is kept as a floor of its SmartAI latency; the hedge delay, which must stay what
+        is normal for the backend, learns only from answers."""
         now = time.perf_counter()
         for task, info in running.items():
             task.cancel()
             task.add_done_callback(_close_late_answer)
-            elapsed = now - info.started
-            self.latencies.add(info.candidate.key, stream, elapsed)
-            self.store.record_latency_floor(info.candidate.key, elapsed * 1000, time.time())
+            elapsed_ms = (now - info.started) * 1000
+            self.store.record_latency_floor(info.candidate.key, elapsed_ms, time.time())
 
     # -- outcomes --------------------------------------------------------------------------
 
