@@ -7,8 +7,8 @@ answered first says the backend was slow that time, which is exactly what the de
 learn to expect (a backend that stalls on 5% of requests would otherwise push its own 95th
 percentile into the stalls, and hedge too late). Until a backend has enough samples the
 ceiling applies, so a working backend's normal latency does not trigger hedges, while one that
-accepts requests and never answers costs at most the ceiling. Samples are kept per process: the delay needs
-recent local evidence, not a shared view.
+accepts requests and never answers costs at most the ceiling. Samples are kept per process:
+the delay needs recent local evidence, not a shared view.
 """
 
 from __future__ import annotations
