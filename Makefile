@@ -34,8 +34,10 @@ chromium:
 	@test -x /usr/bin/chromium || { apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
 
+# Four workers on two cores: most tests wait on sockets and timers, not on the CPU. A test
+# file stays on one worker (its module fixtures, such as one fake server, are shared).
 test: lint dynamodb-local chromium
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 4 --dist loadfile
 
 # AWS SAM CLI, pinned, in its own venv (its pins conflict with the project's). `sam build`
 # and `sam local generate-event` need neither Docker nor an AWS account.

@@ -45,38 +45,46 @@ class BerryProcess:
     def __init__(
         self, config: Path, env: dict[str, str] | None = None, *args: str, probes: bool = False
     ) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = config.with_suffix(f".{self.port}.log")
-        self._log = self.log_path.open("wb")
         base_env = {
             k: v for k, v in os.environ.items() if k not in ("AWS_PROFILE", "AWS_SESSION_TOKEN")
         }
-        self.process = subprocess.Popen(
-            [
-                str(ROOT / ".venv/bin/berry"),
-                "serve",
-                "--config",
-                str(config),
-                "--port",
-                str(self.port),
-                *([] if probes else ["--no-probes"]),
-                *args,
-            ],
-            env={**base_env, **(env or {})},
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-        )
+        command = [
+            str(ROOT / ".venv/bin/berry"),
+            "serve",
+            "--config",
+            str(config),
+            *([] if probes else ["--no-probes"]),
+            *args,
+        ]
+        # A free port can be taken by someone else (another test worker) before berry serve
+        # binds it: then it exits, and the answer came from the other server. So the process
+        # must be alive and the answer Berry's, or it starts again on another port.
+        for _ in range(5):
+            self.port = free_port()
+            self.url = f"http://127.0.0.1:{self.port}"
+            self.log_path = config.with_suffix(f".{self.port}.log")
+            self._log = self.log_path.open("wb")
+            self.process = subprocess.Popen(
+                [*command, "--port", str(self.port)],
+                env={**base_env, **(env or {})},
+                stdout=self._log,
+                stderr=subprocess.STDOUT,
+            )
+            if self._started():
+                return
+            self.stop()
+        raise AssertionError(f"berry serve did not start:\n{self.output()}")
+
+    def _started(self) -> bool:
         deadline = time.monotonic() + 30
-        while True:
+        while self.process.poll() is None and time.monotonic() < deadline:
             try:
-                httpx.get(f"{self.url}/v1/health", timeout=5)
-                break
+                answer = httpx.get(f"{self.url}/v1/health", timeout=5)
             except httpx.TransportError:
-                if self.process.poll() is not None or time.monotonic() > deadline:
-                    self.stop()
-                    raise AssertionError(f"berry serve did not start:\n{self.output()}") from None
                 time.sleep(0.05)
+                continue
+            return self.process.poll() is None and "service_running" in answer.text
+        return False
 
     def rss_mib(self) -> float:
         """The server process's resident memory."""

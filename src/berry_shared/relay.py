@@ -350,6 +350,10 @@ class Relay:
         recorded and the race goes on (None)."""
         if isinstance(result, AttemptFailed):
             self._failed(info.candidate, result)
+            if result.error is ErrorClass.TIMEOUT:
+                # No answer in this long: the backend's latency is at least that.
+                elapsed_ms = (time.perf_counter() - info.started) * 1000
+                self.store.record_latency_floor(info.candidate.key, elapsed_ms, time.time())
             # Kept for the error message only: without the traceback, whose frames (and the
             # buffers they hold) would otherwise live on in a reference cycle until a full
             # garbage collection.
