@@ -140,9 +140,8 @@ def misbehaving():
 
 
 def berry_for(start_berry: Any, upstreams: dict[str, Any], **settings: Any) -> Berry:
-    backends = [
-        {"provider": pid, "weight": 100 if i == 0 else 1} for i, pid in enumerate(upstreams)
-    ]
+    # The first upstream is the preferred tier: always tried first; the others fail over.
+    backends = [{"provider": pid, "priority": min(i, 1)} for i, pid in enumerate(upstreams)]
     config = build_config(
         upstreams,
         models={"test-model": backends},

@@ -16,7 +16,7 @@ from support import USER_TOKEN, Berry, build_config, closed_port
 # One pooled client: a fresh httpx client per call costs ~20 ms of TLS context set-up.
 HTTP = httpx.Client(timeout=20)
 MESSAGES = [{"role": "user", "content": "hi"}]
-# The failing backend is the heaviest and exploration is off, so SmartAI tries it first.
+# The failing backend is in the preferred priority tier, so SmartAI always tries it first.
 FAILING_FIRST = {"exploration_ratio": 0.0}
 
 
@@ -35,7 +35,7 @@ def failing_pair(make_upstream, start_berry, settings=None, **bad_behaviour):
     good = make_upstream(name="good")
     config = build_config(
         {"bad": bad, "good": good},
-        models={"test-model": [{"provider": "bad", "weight": 10}, {"provider": "good"}]},
+        models={"test-model": [{"provider": "bad"}, {"provider": "good", "priority": 1}]},
         settings=settings,
         smart_ai=FAILING_FIRST,
     )

@@ -185,7 +185,7 @@ def test_backend_errors_are_counted_by_class(make_upstream, start_berry) -> None
     berry = start_berry(
         build_config(
             {"bad": bad, "good": good},
-            models={"test-model": [{"provider": "bad", "weight": 10}, {"provider": "good"}]},
+            models={"test-model": [{"provider": "bad"}, {"provider": "good", "priority": 1}]},
             smart_ai={"exploration_ratio": 0.0},
         )
     )

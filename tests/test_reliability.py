@@ -305,7 +305,7 @@ def test_stream_cut_mid_way_ends_with_one_error_event_and_no_failover(
     berry = start_berry(
         build_config(
             {"cutter": cutter, "healthy": healthy},
-            models={"test-model": [{"provider": "cutter", "weight": 10}, {"provider": "healthy"}]},
+            models={"test-model": [{"provider": "cutter"}, {"provider": "healthy", "priority": 1}]},
             smart_ai={"exploration_ratio": 0.0},
         )
     )
@@ -371,7 +371,7 @@ def test_a_rate_limited_backend_rests_for_its_retry_after_then_serves_again(
     berry = start_berry(
         build_config(
             {"limited": limited, "other": other},
-            models={"test-model": [{"provider": "limited", "weight": 10}, {"provider": "other"}]},
+            models={"test-model": [{"provider": "limited"}, {"provider": "other", "priority": 1}]},
             smart_ai={"exploration_ratio": 0.0},
         )
     )

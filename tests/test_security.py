@@ -395,7 +395,7 @@ def _credentials_config(make_upstream) -> Any:
     backup = make_upstream(name="backup")
     config = build_config(
         {"inner": inner, "backup": backup},
-        models={"test-model": [{"provider": "inner", "weight": 10}, {"provider": "backup"}]},
+        models={"test-model": [{"provider": "inner"}, {"provider": "backup", "priority": 1}]},
         smart_ai={"exploration_ratio": 0.0},
     )
     with_credentials = config.providers["inner"].model_copy(

@@ -43,6 +43,7 @@ weight = 10
 [[models.m.backends]]
 provider = "good"
 model = "up-model"
+priority = 1
 [users.admin]
 name = "Admin"
 token = "{ADMIN_TOKEN}"
