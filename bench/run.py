@@ -1,35 +1,46 @@
 """Berry's benchmark: what a gateway adds to every request, side by side, in one run.
 
-Starts nginx as a fast fake upstream, then Berry (one worker, memory store), Berry with the
-DynamoDB store against DynamoDB Local, and LiteLLM's proxy (one worker, its own venv), all in
-front of the same nginx, and drives each with wrk from a separate process:
+Starts nginx as a fast fake upstream that speaks OpenAI, Anthropic and Bedrock (fixed
+answers, see fake_upstream.py), then Berry (one worker, memory store) on the pass-through
+path, Berry with the DynamoDB store against DynamoDB Local, Berry on the translated paths
+(Anthropic Messages, Bedrock Converse), optionally an older Berry from a git commit, and
+LiteLLM's proxy (one worker, its own venv) on the pass-through and the Anthropic path, all in
+front of the same nginx, and drives each with wrk from a separate process. A second table
+measures tail latency with a stalling backend, hedging off and on (tail.py).
 
-    .venv/bin/python bench/run.py                 # full run (~3 minutes), table to stdout
-    .venv/bin/python bench/run.py --smoke         # a few seconds per target, no LiteLLM
-    .venv/bin/python bench/run.py --soak 300      # plus a 5-minute memory soak of Berry
+    .venv/bin/python bench/run.py                        # full run (~20 minutes)
+    .venv/bin/python bench/run.py --compare-ref d5d49a4  # plus the pass-through of that commit
+    .venv/bin/python bench/run.py --smoke --compare-ref d5d49a4   # every row, a few s each
+    .venv/bin/python bench/run.py --soak 300             # plus a 5-minute memory soak of Berry
 
 It installs what it needs when missing: nginx and wrk from Debian's packages (as root) and
-LiteLLM (`litellm[proxy]`) into bench/.venv-litellm. Results go to stdout and
-bench/results.md. Loopback only; every load is bounded in time.
+LiteLLM (`litellm[proxy]`) into bench/.venv-litellm. Results go to stdout and (not with
+--smoke) bench/results.md. Loopback only; every load is bounded in time. --smoke exits 1
+when any target answered an error.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import contextlib
 import os
 import platform
 import re
 import shutil
-import socket
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+
+import tail
+from canned import ANTHROPIC_MODEL, BEDROCK_MODEL
+from client import TOKEN, chat_body, check
+from fake_upstream import write_nginx_config
+from processes import start, stop
+from reference import serve_command, worktree
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "local"))
@@ -37,54 +48,13 @@ sys.path.insert(0, str(ROOT / "local"))
 from dynamodb_local import DynamoDBLocal, free_port  # noqa: E402
 
 BENCH = ROOT / "bench"
+VENV_PYTHON = ROOT / ".venv" / "bin" / "python"
 LITELLM_VENV = BENCH / ".venv-litellm"
-# Also the LiteLLM master key: both gateways authenticate every request.
-TOKEN = "sk-bench-0123456789abcdef0123"
+BERRY_SERVE = [str(ROOT / ".venv" / "bin" / "berry"), "serve", "--no-probes"]
 CONNECTIONS = 32
 
-COMPLETION = (
-    '{"id":"chatcmpl-bench","object":"chat.completion","created":1700000000,'
-    '"model":"bench-model","choices":[{"index":0,"message":{"role":"assistant",'
-    '"content":"Hello from nginx"},"finish_reason":"stop"}],'
-    '"usage":{"prompt_tokens":5,"completion_tokens":4,"total_tokens":9}}'
-)
-CHUNK = (
-    'data: {"id":"chatcmpl-bench","object":"chat.completion.chunk","created":1700000000,'
-    '"model":"bench-model","choices":[{"index":0,"delta":{"content":"%s"},'
-    '"finish_reason":%s}]}\\n\\n'
-)
-STREAM = CHUNK % ("Hello", "null") + CHUNK % (" from nginx", '"stop"') + "data: [DONE]\\n\\n"
-
-NGINX_CONF = """
-worker_processes 1;
-daemon off;
-pid {dir}/nginx.pid;
-error_log {dir}/nginx-error.log warn;
-events {{ worker_connections 4096; }}
-http {{
-  access_log off;
-  keepalive_requests 10000000;
-  keepalive_timeout 120s;
-  client_body_temp_path {dir}/body;
-  proxy_temp_path {dir}/proxy;
-  fastcgi_temp_path {dir}/fastcgi;
-  uwsgi_temp_path {dir}/uwsgi;
-  scgi_temp_path {dir}/scgi;
-  server {{
-    listen 127.0.0.1:{port};
-    location = /v1/chat/completions {{
-      default_type application/json;
-      return 200 '{completion}';
-    }}
-    location = /stream/v1/chat/completions {{
-      default_type text/event-stream;
-      return 200 '{stream}';
-    }}
-  }}
-}}
-"""
-
-BERRY_CONF = """
+# Only what every Berry since the benchmark began accepts: the --compare-ref run reads it too.
+PASS_THROUGH_CONF = """
 [settings]
 request_timeout_seconds = 30
 [providers.nginx]
@@ -112,6 +82,51 @@ name = "bench"
 token = "{token}"
 """
 
+# The Bedrock key is a dummy Bedrock API key (sent as a bearer token): no AWS credentials
+# are needed, and nginx checks none.
+TRANSLATED_CONF = """
+[settings]
+request_timeout_seconds = 30
+[providers.anthropic]
+name = "nginx as Anthropic"
+base_url = "http://127.0.0.1:{port}"
+api_key = "bench-anthropic-key"
+backend_type = "claude"
+models = ["{anthropic_model}"]
+[providers.anthropic-stream]
+name = "nginx as Anthropic, stream"
+base_url = "http://127.0.0.1:{port}/stream"
+api_key = "bench-anthropic-key"
+backend_type = "claude"
+models = ["{anthropic_model}"]
+[providers.bedrock]
+name = "nginx as Bedrock"
+base_url = "http://127.0.0.1:{port}"
+api_key = "bench-bedrock-api-key"
+backend_type = "bedrock"
+models = ["{bedrock_model}"]
+[models.claude]
+name = "claude"
+[[models.claude.backends]]
+provider = "anthropic"
+model = "{anthropic_model}"
+[models.claude-stream]
+name = "claude-stream"
+[[models.claude-stream.backends]]
+provider = "anthropic-stream"
+model = "{anthropic_model}"
+[models.bedrock]
+name = "bedrock"
+[[models.bedrock.backends]]
+provider = "bedrock"
+model = "{bedrock_model}"
+[users.bench]
+name = "bench"
+token = "{token}"
+"""
+
+# LiteLLM's anthropic/ provider posts to {api_base}/v1/messages (AnthropicConfig.
+# get_complete_url appends /v1/messages unless api_base already ends with it).
 LITELLM_CONF = """
 model_list:
   - model_name: bench-model
@@ -124,6 +139,16 @@ model_list:
       model: openai/bench-model
       api_base: http://127.0.0.1:{port}/stream/v1
       api_key: bench
+  - model_name: claude
+    litellm_params:
+      model: anthropic/{anthropic_model}
+      api_base: http://127.0.0.1:{port}
+      api_key: bench-anthropic-key
+  - model_name: claude-stream
+    litellm_params:
+      model: anthropic/{anthropic_model}
+      api_base: http://127.0.0.1:{port}/stream
+      api_key: bench-anthropic-key
 litellm_settings:
   drop_params: true
   set_verbose: false
@@ -143,38 +168,17 @@ response = function(status, headers, body)
 end
 """
 
-
-def chat_body(model: str, stream: bool) -> str:
-    messages = [{"role": "user", "content": "Hello, how are you today?"}]
-    return json.dumps({"model": model, "stream": stream, "messages": messages})
-
-
-def check(url: str, body: str) -> None:
-    """One request before the load: a target that answers errors is not measured."""
-    request = urllib.request.Request(
-        url,
-        data=body.encode(),
-        method="POST",
-        headers={"Content-Type": "application/json", "Authorization": f"Bearer {TOKEN}"},
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=30) as response:
-            response.read()
-    except urllib.error.HTTPError as exc:
-        raise RuntimeError(f"{url} answered {exc.code}: {exc.read()[:300]!r}") from None
-
-
-def wait_for_port(port: int, process: subprocess.Popen[bytes] | None, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process is not None and process.poll() is not None:
-            raise RuntimeError(f"process exited with {process.returncode} before listening")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.1)
-    raise RuntimeError(f"nothing listening on {port} after {timeout} s")
+# Row names the summary lines look up.
+NGINX = "nginx direct"
+BERRY = "Berry (memory)"
+DYNAMO = "Berry (DynamoDB Local)"
+LITELLM = "LiteLLM proxy"
+BERRY_ANTHROPIC = "Berry → Anthropic (translated)"
+LITELLM_ANTHROPIC = "LiteLLM proxy → Anthropic (translated)"
+BERRY_BEDROCK = "Berry → Bedrock (translated)"
+# Issue 11's targets for the translated path, in the same run.
+TRANSLATED_SHARE_TARGET = 0.6
+TRANSLATED_VS_LITELLM_TARGET = 20
 
 
 def ensure_tools(want_litellm: bool) -> None:
@@ -233,6 +237,13 @@ def _ms(text: str) -> float:
     return float(match.group(1)) * _UNITS[match.group(2)]
 
 
+def _found(pattern: str, text: str) -> str:
+    match = re.search(pattern, text)
+    if match is None:
+        raise RuntimeError(f"wrk printed no {pattern!r}: {text[-500:]}")
+    return match.group(1)
+
+
 def wrk(url: str, script: Path, connections: int, seconds: int) -> dict[str, float]:
     threads = min(2, connections)
     output = subprocess.run(
@@ -250,9 +261,9 @@ def wrk(url: str, script: Path, connections: int, seconds: int) -> dict[str, flo
         text=True,
         check=True,
     ).stdout
-    result = {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))}
+    result = {"rps": float(_found(r"Requests/sec:\s+([\d.]+)", output))}
     for percentile in ("50", "99"):
-        result[f"p{percentile}"] = _ms(re.search(rf"\s{percentile}%\s+(\S+)", output).group(1))
+        result[f"p{percentile}"] = _ms(_found(rf"\s{percentile}%\s+(\S+)", output))
     first_error = re.search(r"first error: (.*)", output)
     if first_error:
         print(f"{url}: {first_error.group(1)[:300]}", file=sys.stderr)
@@ -264,47 +275,76 @@ def wrk(url: str, script: Path, connections: int, seconds: int) -> dict[str, flo
     return result
 
 
-def measure(target: Target, folder: Path, seconds: int) -> dict[str, float | None]:
-    scripts = {}
-    for kind, model, stream in (
+@dataclass
+class _Load:
+    """One target's wrk scripts and URLs, and the figures of each round."""
+
+    target: Target
+    plain_url: str
+    stream_url: str
+    plain_script: Path
+    stream_script: Path
+    rounds: list[dict[str, float]] = field(default_factory=list)
+
+
+def _prepare(target: Target, folder: Path) -> _Load:
+    """Scripts written, answers checked, connections and caches warmed up."""
+    slug = re.sub(r"[^A-Za-z0-9]+", "_", target.name)
+    scripts = []
+    for kind, model, is_stream in (
         ("plain", target.model, False),
         ("stream", target.stream_model, True),
     ):
-        script = folder / f"{target.name.replace(' ', '_')}-{kind}.lua"
-        script.write_text(WRK_SCRIPT.format(body=chat_body(model, stream), token=TOKEN))
-        scripts[kind] = script
-    plain_url = f"{target.url}/chat/completions"
-    stream_url = f"{target.stream_url}/chat/completions"
-    for url, model, stream in (
-        (plain_url, target.model, False),
-        (stream_url, target.stream_model, True),
-    ):
-        check(url, chat_body(model, stream))
-    wrk(plain_url, scripts["plain"], CONNECTIONS, 2)  # warm up connections and caches
-    plain = wrk(plain_url, scripts["plain"], CONNECTIONS, seconds)
-    stream = wrk(stream_url, scripts["stream"], CONNECTIONS, seconds)
-    single = wrk(plain_url, scripts["plain"], 1, seconds)
-    return {
-        "rps": plain["rps"],
-        "stream_rps": stream["rps"],
-        "p50": single["p50"],
-        "p99": single["p99"],
-        "errors": plain["errors"] + stream["errors"] + single["errors"],
-        "peak_mib": peak_rss_mib(target.process),
-    }
-
-
-def start(
-    command: list[str], port: int, env: dict[str, str] | None = None, timeout: float = 60
-) -> subprocess.Popen[bytes]:
-    process = subprocess.Popen(
-        command,
-        env={**os.environ, **(env or {})},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        script = folder / f"{slug}-{kind}.lua"
+        script.write_text(WRK_SCRIPT.format(body=chat_body(model, is_stream), token=TOKEN))
+        scripts.append(script)
+    load = _Load(
+        target,
+        f"{target.url}/chat/completions",
+        f"{target.stream_url}/chat/completions",
+        plain_script=scripts[0],
+        stream_script=scripts[1],
     )
-    wait_for_port(port, process, timeout)
-    return process
+    check(load.plain_url, target.model, stream=False)
+    check(load.stream_url, target.stream_model, stream=True)
+    wrk(load.plain_url, load.plain_script, CONNECTIONS, 2)
+    return load
+
+
+def measure(
+    targets: list[Target], folder: Path, seconds: int, rounds: int
+) -> dict[str, dict[str, float | None]]:
+    """Every target's figures, ``seconds`` each, cut into ``rounds`` slices: in each round the
+    targets take turns (starting one further along each time), so a busy spell of the shared
+    machine falls on all of them alike instead of on whichever ran then. A figure is the
+    median over the rounds."""
+    loads = [_prepare(target, folder) for target in targets]
+    slice_seconds = max(1, round(seconds / rounds))
+    for index in range(rounds):
+        shift = index % len(loads)
+        for load in loads[shift:] + loads[:shift]:
+            plain = wrk(load.plain_url, load.plain_script, CONNECTIONS, slice_seconds)
+            stream = wrk(load.stream_url, load.stream_script, CONNECTIONS, slice_seconds)
+            single = wrk(load.plain_url, load.plain_script, 1, slice_seconds)
+            load.rounds.append(
+                {
+                    "rps": plain["rps"],
+                    "stream_rps": stream["rps"],
+                    "p50": single["p50"],
+                    "p99": single["p99"],
+                    "errors": plain["errors"] + stream["errors"] + single["errors"],
+                }
+            )
+    results: dict[str, dict[str, float | None]] = {}
+    for load in loads:
+        figures: dict[str, float | None] = {
+            key: statistics.median(r[key] for r in load.rounds)
+            for key in ("rps", "stream_rps", "p50", "p99")
+        }
+        figures["errors"] = sum(r["errors"] for r in load.rounds)
+        figures["peak_mib"] = peak_rss_mib(load.target.process)
+        results[load.target.name] = figures
+    return results
 
 
 def soak(target: Target, folder: Path, seconds: int) -> list[tuple[int, float]]:
@@ -345,108 +385,195 @@ def machine() -> str:
     )
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--duration", type=int, default=10, help="seconds per measurement")
-    parser.add_argument("--smoke", action="store_true", help="2 s per measurement, no LiteLLM")
+    parser.add_argument(
+        "--rounds", type=int, default=5, help="slices each measurement is cut into (medians)"
+    )
+    parser.add_argument(
+        "--smoke", action="store_true", help="a few seconds per measurement, no LiteLLM"
+    )
     parser.add_argument("--no-litellm", action="store_true")
     parser.add_argument("--no-dynamodb", action="store_true")
+    parser.add_argument("--no-tail", action="store_true", help="skip the tail-latency table")
+    parser.add_argument("--only-tail", action="store_true", help="only the tail-latency table")
+    parser.add_argument(
+        "--compare-ref",
+        metavar="REF",
+        help="also measure the pass-through of Berry at this git commit (e.g. d5d49a4)",
+    )
+    parser.add_argument(
+        "--tail-duration", type=int, default=180, help="seconds per tail-latency figure"
+    )
+    parser.add_argument(
+        "--tail-hedging",
+        action="append",
+        metavar="KEY=VALUE",
+        help="add a tail row with hedging on and this [settings.hedging] override (a TOML "
+        "value, e.g. delay_quantile=0.9); repeatable, all in one row",
+    )
     parser.add_argument("--soak", type=int, default=0, help="seconds of memory soak (300)")
-    args = parser.parse_args()
-    seconds = 2 if args.smoke else args.duration
-    want_litellm = not (args.smoke or args.no_litellm)
+    return parser.parse_args()
+
+
+def reference_name(ref: str | None) -> str | None:
+    return f"Berry ({ref})" if ref else None
+
+
+def start_litellm(
+    folder: Path, nginx_port: int, processes: list[subprocess.Popen[bytes]]
+) -> tuple[str, subprocess.Popen[bytes]]:
+    """LiteLLM's proxy (one worker, master key set) in front of nginx; its base URL."""
+    litellm_config = folder / "litellm.yaml"
+    litellm_config.write_text(LITELLM_CONF.format(port=nginx_port, anthropic_model=ANTHROPIC_MODEL))
+    port = free_port()
+    process = start(
+        [
+            str(LITELLM_VENV / "bin" / "litellm"),
+            "--config",
+            str(litellm_config),
+            "--port",
+            str(port),
+            "--num_workers",
+            "1",
+        ],
+        port,
+        {
+            "LITELLM_LOCAL_MODEL_COST_MAP": "True",
+            "LITELLM_LOG": "ERROR",
+            "LITELLM_TELEMETRY": "False",
+            "LITELLM_MASTER_KEY": TOKEN,
+        },
+        timeout=180,
+    )
+    processes.append(process)
+    return f"http://127.0.0.1:{port}/v1", process
+
+
+def start_reference(
+    source: Path, config: Path, processes: list[subprocess.Popen[bytes]]
+) -> tuple[str, subprocess.Popen[bytes]]:
+    """Berry from the ``source`` tree of an older commit; its base URL."""
+    port = free_port()
+    command, env = serve_command(VENV_PYTHON, source, config, port)
+    process = start(command, port, env, cwd=source)
+    processes.append(process)
+    return f"http://127.0.0.1:{port}/v1", process
+
+
+def main() -> None:
+    args = parse_args()
+    seconds, rounds = (2, 1) if args.smoke else (args.duration, args.rounds)
+    tail_seconds, tail_warmup = (4, 3) if args.smoke else (args.tail_duration, 15)
+    overrides = dict(item.split("=", 1) for item in args.tail_hedging or [])
+    want_litellm = not (args.smoke or args.no_litellm or args.only_tail)
     ensure_tools(want_litellm)
-    processes: list[subprocess.Popen[bytes]] = []
-    database = None
+    results: dict[str, dict[str, float | None]] = {}
+    soak_samples: list[tuple[int, float]] = []
+    tail_figures: list[tail.TailFigure] = []
     with tempfile.TemporaryDirectory(prefix="berry-bench-") as tmp:
         folder = Path(tmp)
-        try:
-            nginx_port = free_port()
-            (folder / "nginx.conf").write_text(
-                NGINX_CONF.format(dir=folder, port=nginx_port, completion=COMPLETION, stream=STREAM)
-            )
-            nginx = shutil.which("nginx") or "/usr/sbin/nginx"
-            processes.append(start([nginx, "-c", str(folder / "nginx.conf")], nginx_port))
-            direct = f"http://127.0.0.1:{nginx_port}"
-            targets = [
-                Target(
-                    "nginx direct",
-                    f"{direct}/v1",
-                    f"{direct}/stream/v1",
-                    model="bench-model",
-                    stream_model="bench-model",
-                )
-            ]
-            config = folder / "berry.toml"
-            config.write_text(BERRY_CONF.format(port=nginx_port, token=TOKEN))
-            berry = [
-                str(ROOT / ".venv" / "bin" / "berry"),
-                "serve",
-                "--config",
-                str(config),
-                "--no-probes",
-            ]
-            port = free_port()
-            process = start([*berry, "--port", str(port)], port, {"BERRY_STATE_STORE": "memory"})
-            processes.append(process)
-            base = f"http://127.0.0.1:{port}/v1"
-            targets.append(Target("Berry (memory)", base, base, process))
-            if not args.no_dynamodb:
-                database = DynamoDBLocal().start()
-                port = free_port()
-                process = start([*berry, "--port", str(port)], port, database.env("berry-bench"))
-                processes.append(process)
-                base = f"http://127.0.0.1:{port}/v1"
-                targets.append(Target("Berry (DynamoDB Local)", base, base, process))
-            if want_litellm:
-                litellm_config = folder / "litellm.yaml"
-                litellm_config.write_text(LITELLM_CONF.format(port=nginx_port))
-                port = free_port()
-                process = start(
-                    [
-                        str(LITELLM_VENV / "bin" / "litellm"),
-                        "--config",
-                        str(litellm_config),
-                        "--port",
-                        str(port),
-                        "--num_workers",
-                        "1",
-                    ],
-                    port,
-                    {
-                        "LITELLM_LOCAL_MODEL_COST_MAP": "True",
-                        "LITELLM_LOG": "ERROR",
-                        "LITELLM_TELEMETRY": "False",
-                        "LITELLM_MASTER_KEY": TOKEN,
-                    },
-                    timeout=180,
-                )
-                processes.append(process)
-                base = f"http://127.0.0.1:{port}/v1"
-                targets.append(Target("LiteLLM proxy", base, base, process))
-            results = {t.name: measure(t, folder, seconds) for t in targets}
-            soak_samples = soak(targets[1], folder, args.soak) if args.soak else []
-        finally:
-            for process in processes:
-                process.terminate()
-            for process in processes:
-                process.wait(timeout=30)
-            if database is not None:
-                database.stop()
-    report = render(results, seconds, soak_samples)
+        if not args.only_tail:
+            results, soak_samples = measure_gateways(args, folder, seconds, rounds, want_litellm)
+        # After the gateways have stopped: the tail table's processes get the cores.
+        if not args.no_tail:
+            tail_figures = tail.run(folder, BERRY_SERVE, tail_seconds, tail_warmup, overrides)
+    parts = []
+    if results:
+        parts.append(
+            render(results, seconds, rounds, soak_samples, reference_name(args.compare_ref))
+        )
+    if tail_figures:
+        parts.append("\n".join(tail.render(tail_figures, tail_seconds, tail_warmup)) + "\n")
+    report = "\n".join(parts)
     print(report)
-    if not args.smoke:
+    if not (args.smoke or args.only_tail):
         (BENCH / "results.md").write_text(report)
+    elif any(r["errors"] for r in results.values()) or any(f.errors for f in tail_figures):
+        sys.exit("some target answered errors (see the errors column)")
+
+
+def measure_gateways(
+    args: argparse.Namespace, folder: Path, seconds: int, rounds: int, want_litellm: bool
+) -> tuple[dict[str, dict[str, float | None]], list[tuple[int, float]]]:
+    """The main table's figures (and the soak's samples); every process stopped on return."""
+    processes: list[subprocess.Popen[bytes]] = []
+    with contextlib.ExitStack() as cleanup:
+        reference = (
+            cleanup.enter_context(worktree(ROOT, args.compare_ref, folder))
+            if args.compare_ref
+            else None
+        )
+        database = None if args.no_dynamodb else cleanup.enter_context(DynamoDBLocal())
+        cleanup.callback(stop, processes)
+        nginx_port = free_port()
+        nginx_conf = write_nginx_config(folder, nginx_port)
+        nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+        processes.append(start([nginx, "-c", str(nginx_conf)], nginx_port))
+        direct = f"http://127.0.0.1:{nginx_port}"
+        config = folder / "berry.toml"
+        config.write_text(PASS_THROUGH_CONF.format(port=nginx_port, token=TOKEN))
+        translated_config = folder / "berry-translated.toml"
+        translated_config.write_text(
+            TRANSLATED_CONF.format(
+                port=nginx_port,
+                token=TOKEN,
+                anthropic_model=ANTHROPIC_MODEL,
+                bedrock_model=BEDROCK_MODEL,
+            )
+        )
+
+        def serve(config: Path, env: dict[str, str]) -> tuple[str, subprocess.Popen[bytes]]:
+            port = free_port()
+            command = [*BERRY_SERVE, "--config", str(config), "--port", str(port)]
+            process = start(command, port, env)
+            processes.append(process)
+            return f"http://127.0.0.1:{port}/v1", process
+
+        memory = {"BERRY_STATE_STORE": "memory"}
+        base, process = serve(config, memory)
+        targets = [
+            Target(NGINX, f"{direct}/v1", f"{direct}/stream/v1", stream_model="bench-model"),
+            Target(BERRY, base, base, process),
+        ]
+        if reference is not None:
+            base, process = start_reference(reference, config, processes)
+            targets.append(Target(f"Berry ({args.compare_ref})", base, base, process))
+        if database is not None:
+            base, process = serve(config, database.env("berry-bench"))
+            targets.append(Target(DYNAMO, base, base, process))
+        litellm = start_litellm(folder, nginx_port, processes) if want_litellm else None
+        if litellm is not None:
+            targets.append(Target(LITELLM, litellm[0], litellm[0], litellm[1]))
+        base, process = serve(translated_config, memory)
+        targets.append(Target(BERRY_ANTHROPIC, base, base, process, "claude", "claude-stream"))
+        if litellm is not None:
+            targets.append(
+                Target(
+                    LITELLM_ANTHROPIC, litellm[0], litellm[0], litellm[1], "claude", "claude-stream"
+                )
+            )
+        targets.append(Target(BERRY_BEDROCK, base, base, process, "bedrock", "bedrock"))
+        results = measure(targets, folder, seconds, rounds)
+        soak_samples = soak(targets[1], folder, args.soak) if args.soak else []
+    return results, soak_samples
 
 
 def render(
-    results: dict[str, dict[str, float | None]], seconds: int, soak_samples: list[tuple[int, float]]
+    results: dict[str, dict[str, float | None]],
+    seconds: int,
+    rounds: int,
+    soak_samples: list[tuple[int, float]],
+    reference: str | None,
 ) -> str:
-    direct = results["nginx direct"]
+    direct = results[NGINX]
     lines = [
-        f"Machine: {machine()}. wrk from a separate process, {seconds} s per figure; "
+        f"Machine: {machine()}. wrk from a separate process, {seconds} s per figure in "
+        f"{rounds} round{'s' if rounds != 1 else ''}, the targets taking turns (each figure "
+        "the median of its rounds); "
         f"throughput at {CONNECTIONS} connections, latency at 1 connection.",
         "",
         "| target | req/s plain | req/s stream | p50 ms | p99 ms | added p50 ms | added p99 ms "
@@ -454,24 +581,16 @@ def render(
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for name, r in results.items():
-        is_gateway = name != "nginx direct"
-        added_p50 = f"{r['p50'] - direct['p50']:.3f}" if is_gateway else "-"
-        added_p99 = f"{r['p99'] - direct['p99']:.3f}" if is_gateway else "-"
+        is_gateway = name != NGINX
+        added_p50 = f"{_n(r['p50']) - _n(direct['p50']):.3f}" if is_gateway else "-"
+        added_p99 = f"{_n(r['p99']) - _n(direct['p99']):.3f}" if is_gateway else "-"
         peak = f"{r['peak_mib']:.0f}" if r["peak_mib"] is not None else "-"
         lines.append(
-            f"| {name} | {r['rps']:,.0f} | {r['stream_rps']:,.0f} | {r['p50']:.3f} | "
-            f"{r['p99']:.3f} | {added_p50} | {added_p99} | {peak} | {r['errors']:.0f} |"
+            f"| {name} | {_n(r['rps']):,.0f} | {_n(r['stream_rps']):,.0f} | {_n(r['p50']):.3f} | "
+            f"{_n(r['p99']):.3f} | {added_p50} | {added_p99} | {peak} | {_n(r['errors']):.0f} |"
         )
-    berry = results.get("Berry (memory)")
-    litellm = results.get("LiteLLM proxy")
-    dynamo = results.get("Berry (DynamoDB Local)")
     lines.append("")
-    if berry and litellm:
-        lines.append(f"Berry / LiteLLM throughput: {berry['rps'] / litellm['rps']:.1f}x.")
-    if berry and dynamo:
-        lines.append(
-            f"DynamoDB store / memory store throughput: {dynamo['rps'] / berry['rps'] * 100:.0f}%."
-        )
+    lines.extend(summary(results, reference))
     if soak_samples:
         warm = [rss for t, rss in soak_samples if t >= 30]
         lines.append(
@@ -481,6 +600,55 @@ def render(
             else "Soak too short to judge."
         )
     return "\n".join(lines) + "\n"
+
+
+def _n(value: float | None) -> float:
+    return value if value is not None else 0.0
+
+
+def _ratio(results: dict[str, dict[str, float | None]], a: str, b: str, key: str) -> float | None:
+    if a not in results or b not in results or not results[b][key]:
+        return None
+    return _n(results[a][key]) / _n(results[b][key])
+
+
+def summary(results: dict[str, dict[str, float | None]], reference: str | None) -> list[str]:
+    """The ratios the issues ask about, each with its target where there is one."""
+    lines: list[str] = []
+
+    def both(a: str, b: str) -> tuple[float, float] | None:
+        plain, stream = _ratio(results, a, b, "rps"), _ratio(results, a, b, "stream_rps")
+        return (plain, stream) if plain is not None and stream is not None else None
+
+    def verdict(values: tuple[float, float], target: float) -> str:
+        return "met" if min(values) >= target else "NOT met"
+
+    if (r := both(BERRY, LITELLM)) is not None:
+        lines.append(f"Berry / LiteLLM throughput: {r[0]:.1f}x (stream {r[1]:.1f}x).")
+    if (r := both(DYNAMO, BERRY)) is not None:
+        lines.append(f"DynamoDB store / memory store throughput: {r[0]:.0%} (stream {r[1]:.0%}).")
+    if reference and (r := both(BERRY, reference)) is not None:
+        lines.append(
+            f"Pass-through, this tree / {reference}: {r[0]:.0%} of its throughput "
+            f"(stream {r[1]:.0%})."
+        )
+    if (r := both(BERRY_ANTHROPIC, BERRY)) is not None:
+        lines.append(
+            f"Translated (Anthropic) / pass-through throughput: {r[0]:.0%} (stream {r[1]:.0%}); "
+            f"target at least {TRANSLATED_SHARE_TARGET:.0%}: "
+            f"{verdict(r, TRANSLATED_SHARE_TARGET)}."
+        )
+    if (r := both(BERRY_ANTHROPIC, LITELLM_ANTHROPIC)) is not None:
+        lines.append(
+            f"Berry / LiteLLM throughput, translated to Anthropic: {r[0]:.1f}x "
+            f"(stream {r[1]:.1f}x); target at least {TRANSLATED_VS_LITELLM_TARGET}x: "
+            f"{verdict(r, TRANSLATED_VS_LITELLM_TARGET)}."
+        )
+    if (r := both(BERRY_BEDROCK, BERRY)) is not None:
+        lines.append(
+            f"Translated (Bedrock) / pass-through throughput: {r[0]:.0%} (stream {r[1]:.0%})."
+        )
+    return lines
 
 
 if __name__ == "__main__":
