@@ -10,12 +10,12 @@ import logging
 import os
 import signal
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from berry_shared.config import ConfigError, load_config, resolve_config_path
+from berry_shared.config import Config, ConfigError, load_config, resolve_config_path
 
 if TYPE_CHECKING:
-    from berry_shared.config import Config
     from berry_shared.gateway import Gateway
 
     from .server import Parser
@@ -25,14 +25,21 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 3000
 
 
-def _check_config(args: argparse.Namespace) -> int:
-    path = resolve_config_path(args.config)
+def _load(path: Path, heading: str = "{path}: {count} problem(s)") -> Config | None:
+    """The config at ``path``, or None after printing every problem under ``heading``."""
     try:
-        config = load_config(path)
+        return load_config(path)
     except ConfigError as exc:
-        print(f"{path}: {len(exc.problems)} problem(s)", file=sys.stderr)
+        print(heading.format(path=path, count=len(exc.problems)), file=sys.stderr)
         for problem in exc.problems:
             print(f"  {problem}", file=sys.stderr)
+        return None
+
+
+def _check_config(args: argparse.Namespace) -> int:
+    path = resolve_config_path(args.config)
+    config = _load(path)
+    if config is None:
         return 1
     for warning in [*config.warnings(), *_environment_warnings(config)]:
         print(f"warning: {warning}", file=sys.stderr)
@@ -92,12 +99,8 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"cannot start: {exc}", file=sys.stderr)
         return 1
     path = resolve_config_path(args.config)
-    try:
-        config = load_config(path)
-    except ConfigError as exc:
-        print(f"cannot start: {path} has {len(exc.problems)} problem(s)", file=sys.stderr)
-        for problem in exc.problems:
-            print(f"  {problem}", file=sys.stderr)
+    config = _load(path, "cannot start: {path} has {count} problem(s)")
+    if config is None:
         return 1
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -165,12 +168,8 @@ def _usage(args: argparse.Namespace) -> int:
     from berry_shared.gateway import Gateway
 
     path = resolve_config_path(args.config)
-    try:
-        config = load_config(path)
-    except ConfigError as exc:
-        print(f"{path}: {len(exc.problems)} problem(s)", file=sys.stderr)
-        for problem in exc.problems:
-            print(f"  {problem}", file=sys.stderr)
+    config = _load(path)
+    if config is None:
         return 1
     if args.user is not None and args.user not in config.users:
         print(f"unknown user {args.user!r} (a [users.<id>] of {path})", file=sys.stderr)
