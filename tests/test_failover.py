@@ -434,3 +434,24 @@ def test_dropped_connections_are_retried_on_the_same_backend(
     assert response.headers["x-berry-attempts"] == "1"
     assert dropping.stats()["requests"] == 1 + internal_retries
     assert berry.state("dropping:up-model").failures == 1  # one attempt, one failure
+
+
+def test_equally_healthy_backends_weighted_3_to_1_share_traffic_75_25(
+    make_upstream, start_berry
+) -> None:
+    """Berry API's docs: weights set the traffic split of equally healthy, equally fast
+    backends (default settings: exploration 0.2, which keeps that split)."""
+    upstreams = {name: make_upstream(name=name) for name in ("three", "one")}
+    config = build_config(
+        upstreams,
+        models={"test-model": [{"provider": "three", "weight": 3}, {"provider": "one"}]},
+    )
+    berry = start_berry(config)
+    picks: Counter[str] = Counter()
+    for _ in range(400):
+        response = chat(berry)
+        assert response.status_code == 200
+        picks[response.headers["x-berry-backend"]] += 1
+    share = picks["three:up-model"] / 400
+    # 75% expected; 5 standard deviations of a binomial draw of 400 is about 11 points.
+    assert 0.64 < share < 0.86, picks
