@@ -21,25 +21,32 @@ which the server turns into a 500 or a dropped connection as it sees fit.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import dataclasses
 import math
 import random
 import sys
 import time
 import uuid
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
 import uvicorn
 
-from fakes.server import ThreadedServer, drop_connection
-
-Scope = dict[str, Any]
-Message = dict[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
+from fakes.server import (
+    FakeApp,
+    FakeServer,
+    Receive,
+    Scope,
+    Send,
+    client_left_within,
+    drop_connection,
+    header,
+    read_body,
+    send_bytes,
+    send_half_then_drop,
+    sleep_ms,
+)
+from fakes.text import split_text
 
 MODES = ("ok", "fail", "hang", "cut_stream", "invalid_json", "wrong_content_type", "close")
 CHAT_PATHS = ("/v1/chat/completions", "/chat/completions")
@@ -138,39 +145,22 @@ def _count_prompt_tokens(body: dict[str, Any]) -> int:
 
 
 def _split(text: str, n: int) -> list[str]:
-    """Split text into n non-empty pieces whose concatenation is the (padded) text."""
+    """Exactly n non-empty pieces: the text is padded with dots so that each carries some."""
     n = max(n, 1)
-    text = text + "." * max(0, n - len(text))  # pad so that every piece carries content
-    size, extra = divmod(len(text), n)
-    pieces, start = [], 0
-    for i in range(n):
-        end = start + size + (1 if i < extra else 0)
-        pieces.append(text[start:end])
-        start = end
-    return pieces
+    return split_text(text.ljust(n, "."), n)
 
 
-async def _sleep_ms(ms: float) -> None:
-    if ms > 0:  # skip even sleep(0): it costs a loop iteration per request in benchmarks
-        await asyncio.sleep(ms / 1000)
-
-
-async def _wait_disconnect(receive: Receive) -> None:
-    while (await receive())["type"] != "http.disconnect":
-        pass
-
-
-class DemoApp:
+class DemoApp(FakeApp):
     """The raw ASGI application. ``create_app`` is the public way to build one."""
 
     def __init__(self, behaviour: Behaviour) -> None:
+        super().__init__()
         self.behaviour = behaviour
         self.requests = 0
         # Requests whose client hung up while the upstream was still working on them.
         self.disconnects = 0
         self.in_flight = 0
         self.last_request: dict[str, Any] | None = None
-        self._hanging: set[asyncio.Future[None]] = set()
 
     def stats(self) -> dict[str, Any]:
         stats = {
@@ -179,27 +169,16 @@ class DemoApp:
             "last_request": self.last_request,
             "in_flight": self.in_flight,
         }
-        return orjson.loads(orjson.dumps(stats))  # deep copy: safe to hand to another thread
+        # A deep copy: safe to hand to another thread.
+        copy: dict[str, Any] = orjson.loads(orjson.dumps(stats))
+        return copy
 
     def reset_stats(self) -> None:
         self.requests = 0
         self.disconnects = 0
         self.last_request = None
 
-    def release_hanging(self) -> None:
-        """End every "hang" request (by dropping its connection); must run on the server loop."""
-        for waiter in self._hanging:
-            if not waiter.done():
-                waiter.set_result(None)
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "lifespan":  # for servers run with lifespan="on"
-            while (await receive())["type"] != "lifespan.shutdown":
-                await send({"type": "lifespan.startup.complete"})
-            await send({"type": "lifespan.shutdown.complete"})
-            return
-        if scope["type"] != "http":
-            return
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         path, method = scope["path"], scope["method"]
         if path in CHAT_PATHS and method == "POST":
             await self._chat(scope, receive, send)
@@ -214,7 +193,7 @@ class DemoApp:
             await _send_json(send, 200, self.stats())
         elif path == "/_demo/behaviour" and method in ("GET", "POST"):
             await self._update_behaviour(
-                await _read_body(receive) if method == "POST" else b"{}", send
+                (await read_body(receive))[0] if method == "POST" else b"{}", send
             )
         elif path == "/_demo/reset-stats" and method == "POST":
             self.reset_stats()
@@ -226,7 +205,7 @@ class DemoApp:
 
     def _authorized(self, scope: Scope) -> bool:
         key = self.behaviour.expected_api_key
-        return key is None or _header(scope, b"authorization") == f"Bearer {key}"
+        return key is None or header(scope, b"authorization") == f"Bearer {key}"
 
     async def _update_behaviour(self, raw: bytes, send: Send) -> None:
         try:
@@ -246,7 +225,7 @@ class DemoApp:
         await _send_json(send, 200, dataclasses.asdict(self.behaviour))
 
     async def _chat(self, scope: Scope, receive: Receive, send: Send) -> None:
-        raw = await _read_body(receive)
+        raw, _ = await read_body(receive)
         try:
             body: Any = orjson.loads(raw)
         except orjson.JSONDecodeError:
@@ -268,9 +247,10 @@ class DemoApp:
     async def _answer_chat(self, body: Any, scope: Scope, receive: Receive, send: Send) -> None:
         b = self.behaviour
         if b.mode == "hang":
-            await self._hang(send, receive)
+            if await self.hanging.hold(send, receive):
+                self.disconnects += 1
             return
-        if await self._client_left_during(receive, self._delay_ms()):
+        if await client_left_within(receive, self._delay_ms() / 1000):
             self.disconnects += 1
             return
         if b.mode == "close":
@@ -295,32 +275,15 @@ class DemoApp:
             await _send_json(send, b.failure_status, error_body(b.failure_status, msg), extra)
             return
         if b.mode == "invalid_json":
-            await _send_raw(send, 200, b"application/json", b"{not json")
+            await send_bytes(send, 200, b"{not json")
             return
         if b.mode == "wrong_content_type":
-            await _send_raw(send, 200, b"text/html; charset=utf-8", b"<html>oops</html>")
+            await send_bytes(send, 200, b"<html>oops</html>", "text/html; charset=utf-8")
             return
         if body.get("stream") is True:
             await self._stream(body, send, receive)
         else:
             await self._complete(body, send, receive)
-
-    async def _hang(self, send: Send, receive: Receive) -> None:
-        # Await the client's disconnect (or server shutdown) without blocking the loop.
-        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._hanging.add(waiter)
-        gone = asyncio.ensure_future(_wait_disconnect(receive))
-        try:
-            await asyncio.wait({waiter, gone}, return_when=asyncio.FIRST_COMPLETED)
-            client_gone = gone.done()
-        finally:
-            self._hanging.discard(waiter)
-            waiter.cancel()
-            gone.cancel()
-        if client_gone:
-            self.disconnects += 1
-        else:  # released by stop(): drop it so uvicorn can shut down promptly
-            await drop_connection(send, receive)
 
     def _delay_ms(self) -> float:
         b = self.behaviour
@@ -333,16 +296,6 @@ class DemoApp:
         elif b.stall_rate > 0 and random.random() < b.stall_rate:
             delay += b.stall_ms
         return delay
-
-    async def _client_left_during(self, receive: Receive, ms: float) -> bool:
-        """Wait ``ms`` (skipped when 0: benchmarks); True if the client hung up meanwhile."""
-        if ms <= 0:
-            return False
-        try:
-            await asyncio.wait_for(_wait_disconnect(receive), ms / 1000)
-        except TimeoutError:
-            return False
-        return True
 
     def _reply(self, body: dict[str, Any]) -> tuple[str, str, int, dict[str, int]]:
         text = f"Hello from demo upstream ({self.behaviour.name})"
@@ -375,12 +328,9 @@ class DemoApp:
             }
         )
         if self.behaviour.mode != "cut_stream":
-            await _send_raw(send, 200, b"application/json", payload)
+            await send_bytes(send, 200, payload)
             return
-        # Announce the full length, send half of it, then drop: a truncated body.
-        await _start(send, 200, [(b"content-type", b"application/json"), _length(payload)])
-        await _body(send, payload[: len(payload) // 2], more=True)
-        await drop_connection(send, receive)
+        await send_half_then_drop(send, receive, payload)
 
     async def _stream(self, body: dict[str, Any], send: Send, receive: Receive) -> None:
         b = self.behaviour
@@ -393,11 +343,11 @@ class DemoApp:
         }
         sse_headers = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
         await _start(send, 200, sse_headers)
-        await _sleep_ms(b.first_byte_delay_ms)
+        await sleep_ms(b.first_byte_delay_ms)
         pieces = _split(text, b.stream_chunks)
         for i, piece in enumerate(pieces):
             if i:
-                await _sleep_ms(b.chunk_delay_ms)
+                await sleep_ms(b.chunk_delay_ms)
             if b.mode == "cut_stream" and i == 2:
                 await drop_connection(send, receive)
                 return
@@ -428,59 +378,24 @@ async def _body(send: Send, payload: bytes, more: bool = False) -> None:
     await send({"type": "http.response.body", "body": payload, "more_body": more})
 
 
-def _length(payload: bytes) -> tuple[bytes, bytes]:
-    return (b"content-length", str(len(payload)).encode())
-
-
 def _sse(obj: Any) -> bytes:
     return b"data: " + orjson.dumps(obj) + b"\n\n"
-
-
-def _header(scope: Scope, name: bytes) -> str | None:
-    for key, value in scope["headers"]:
-        if key.lower() == name:
-            return value.decode("latin-1")
-    return None
-
-
-async def _read_body(receive: Receive) -> bytes:
-    chunks: list[bytes] = []
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            break
-        chunks.append(message.get("body", b""))
-        if not message.get("more_body", False):
-            break
-    return b"".join(chunks)
-
-
-async def _send_raw(
-    send: Send,
-    status: int,
-    content_type: bytes,
-    payload: bytes,
-    extra_headers: list[tuple[bytes, bytes]] | None = None,
-) -> None:
-    headers = [(b"content-type", content_type), _length(payload)]
-    await _start(send, status, headers + (extra_headers or []))
-    await _body(send, payload)
 
 
 async def _send_json(
     send: Send, status: int, obj: Any, extra_headers: list[tuple[bytes, bytes]] | None = None
 ) -> None:
-    await _send_raw(send, status, b"application/json", orjson.dumps(obj), extra_headers)
+    await send_bytes(send, status, orjson.dumps(obj), headers=extra_headers)
 
 
-class DemoUpstream:
+class DemoUpstream(FakeServer[DemoApp]):
     """An in-process demo upstream on its own thread and event loop (tests, benchmarks)."""
 
     def __init__(
         self, behaviour: Behaviour | None = None, host: str = "127.0.0.1", port: int = 0
     ) -> None:
-        self.app = create_app(behaviour if behaviour is not None else Behaviour())
-        self.server = ThreadedServer(self.app, host, port)
+        app = create_app(behaviour if behaviour is not None else Behaviour())
+        super().__init__(app, host, port)
 
     @property
     def behaviour(self) -> Behaviour:
@@ -495,10 +410,6 @@ class DemoUpstream:
         return self.server.port
 
     @property
-    def root_url(self) -> str:
-        return self.server.root_url
-
-    @property
     def base_url(self) -> str:
         return f"{self.root_url}/v1"
 
@@ -507,21 +418,6 @@ class DemoUpstream:
 
     def reset_stats(self) -> None:
         self.app.reset_stats()
-
-    def start(self, timeout: float = 5.0) -> DemoUpstream:
-        self.server.start(timeout)
-        return self
-
-    def stop(self, timeout: float = 5.0) -> None:
-        # "hang" requests would otherwise keep uvicorn's graceful shutdown waiting.
-        self.server.call_soon(self.app.release_hanging)
-        self.server.stop(timeout)
-
-    def __enter__(self) -> DemoUpstream:
-        return self.start()
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -2,24 +2,18 @@
 
 from __future__ import annotations
 
-import dataclasses
-import sys
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
 import orjson
 import pytest
 
-# local/ is not a package: make demo_upstream importable the way the gateway tests use it.
-_LOCAL = str(Path(__file__).resolve().parents[1] / "local")
-if _LOCAL not in sys.path:
-    sys.path.insert(0, _LOCAL)
-
-from demo_upstream import Behaviour, DemoUpstream  # noqa: E402
+import support  # noqa: F401  (puts local/ on sys.path)
+from demo_upstream import Behaviour, DemoUpstream
+from fakes.server import restore_defaults
 
 CHAT = "/v1/chat/completions"
 MESSAGES = [{"role": "user", "content": "say hello to me"}]  # 4 "tokens"
@@ -34,9 +28,7 @@ def upstream() -> Iterator[DemoUpstream]:
 
 @pytest.fixture
 def client(upstream: DemoUpstream) -> Iterator[httpx.Client]:
-    defaults = Behaviour(name="unit")
-    for field in dataclasses.fields(Behaviour):
-        setattr(upstream.behaviour, field.name, getattr(defaults, field.name))
+    restore_defaults(upstream.behaviour, Behaviour(name="unit"))
     upstream.reset_stats()
     with httpx.Client(base_url=upstream.base_url.removesuffix("/v1"), timeout=5) as c:
         yield c

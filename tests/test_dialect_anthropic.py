@@ -15,7 +15,6 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-import httpx
 import openai
 import orjson
 import pytest
@@ -25,7 +24,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from berry_shared.backend_state import ErrorClass
 from berry_shared.chat_request import ChatRequest, parse_chat_request
-from berry_shared.config import Config, Provider, parse_config
+from berry_shared.config import Config, Provider
 from berry_shared.dialects.anthropic import API_VERSION, AnthropicDialect
 from berry_shared.dialects.anthropic_request import (
     DEFAULT_MAX_TOKENS,
@@ -36,6 +35,18 @@ from berry_shared.dialects.anthropic_response import openai_completion
 from berry_shared.dialects.anthropic_stream import AnthropicStream
 from berry_shared.dialects.base import AttemptFailed, ClientMistake, StreamBroken, Unsupported
 from berry_shared.gateway import Gateway
+from dialect_support import (
+    HELLO,
+    HTTP,
+    PUBLIC,
+    TIME,
+    WEATHER,
+    WEATHER_ARGS,
+    berry_client,
+    chat_request,
+    demo_provider,
+    one_model_config,
+)
 from support import ADMIN_TOKEN, USER_TOKEN, Berry, DemoUpstream, provider_key
 
 # isort: split
@@ -44,39 +55,13 @@ from fakes.anthropic import Behaviour, FakeAnthropic, sse
 from openai_bodies import PNG_DATA_URL, chat_bodies
 
 MODEL = "claude-sonnet-4-5"  # the upstream model: 4.5 takes temperature (not with top_p)
-PUBLIC = "test-model"  # what clients ask Berry for
 KEY = provider_key("claude")
 BETA = "prompt-caching-2024-07-31"
-HELLO = [{"role": "user", "content": "say hello to me"}]  # 4 input "tokens" for the fake
 TEXT = Behaviour().text  # "Hello from fake Anthropic"
-HTTP = httpx.Client(timeout=20)
-WEATHER = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "Current weather in a city",
-        "parameters": {
-            "type": "object",
-            "properties": {
-                "city": {"type": "string"},
-                "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]},
-            },
-            "required": ["city", "unit"],
-        },
-    },
-}
-WEATHER_ARGS = {"city": "city-value", "unit": "celsius"}  # what the fake fills in
-TIME = {
-    "type": "function",
-    "function": {
-        "name": "get_time",
-        "parameters": {"type": "object", "properties": {"zone": {"type": "string"}}},
-    },
-}
 
 
 def translate(body: dict[str, Any], model: str = MODEL) -> dict[str, Any]:
-    chat = parse_chat_request(orjson.dumps({"model": PUBLIC, **body}))
+    chat = chat_request(body)
     return messages_request(chat.body, model, chat.stream)
 
 
@@ -747,15 +732,6 @@ def claude_provider(fake: FakeAnthropic, **extra: Any) -> dict[str, Any]:
     }
 
 
-def openai_provider(upstream: DemoUpstream) -> dict[str, Any]:
-    return {
-        "name": "Demo",
-        "base_url": upstream.base_url,
-        "api_key": provider_key("demo"),
-        "models": ["up-model"],
-    }
-
-
 def config(providers: dict[str, dict[str, Any]]) -> Config:
     """One public model; the first backend has the best priority, so SmartAI tries the
     backends in the order given."""
@@ -767,20 +743,7 @@ def config(providers: dict[str, dict[str, Any]]) -> Config:
         }
         for i, (pid, p) in enumerate(providers.items())
     ]
-    return parse_config(
-        {
-            "settings": {
-                "request_timeout_seconds": 10,
-                "hedging": {"enabled": False},
-            },
-            "providers": providers,
-            "models": {"chat": {"name": PUBLIC, "backends": backends}},
-            "users": {
-                "admin": {"name": "Admin", "token": ADMIN_TOKEN},
-                "user": {"name": "User", "token": USER_TOKEN, "allowed_models": ["chat"]},
-            },
-        }
-    )
+    return one_model_config(providers, backends)
 
 
 @pytest.fixture
@@ -790,12 +753,8 @@ def claude_berry(fake: FakeAnthropic, start_berry: Callable[[Config], Berry]) ->
 
 @pytest.fixture
 def client(claude_berry: Berry) -> Iterator[openai.OpenAI]:
-    with openai.OpenAI(base_url=claude_berry.base_url, api_key=USER_TOKEN, max_retries=0) as sdk:
+    with berry_client(claude_berry) as sdk:
         yield sdk
-
-
-def sdk_for(berry: Berry) -> openai.OpenAI:
-    return openai.OpenAI(base_url=berry.base_url, api_key=USER_TOKEN, max_retries=0)
 
 
 @pytest.mark.parametrize("root", [True, False], ids=["root-url", "v1-url"])
@@ -804,7 +763,7 @@ def test_chat_through_berry(
 ) -> None:
     base_url = fake.base_url if root else fake.v1_url
     berry = start_berry(config({"claude": claude_provider(fake, base_url=base_url)}))
-    with sdk_for(berry) as sdk:
+    with berry_client(berry) as sdk:
         raw = sdk.chat.completions.with_raw_response.create(
             model=PUBLIC,
             messages=[{"role": "system", "content": "Be nice."}, *HELLO],
@@ -996,7 +955,7 @@ def test_provider_failures_fail_over(
 ) -> None:
     fake.behaviour.mode = mode
     demo = make_upstream(name="demo")
-    berry = start_berry(config({"claude": claude_provider(fake), "demo": openai_provider(demo)}))
+    berry = start_berry(config({"claude": claude_provider(fake), "demo": demo_provider(demo)}))
     body = {"model": PUBLIC, "messages": HELLO, "stream": stream}
     response = HTTP.post(
         f"{berry.base_url}/chat/completions",
@@ -1019,7 +978,7 @@ def test_overload_fails_over_to_another_claude(
         berry = start_berry(
             config({"claude": claude_provider(fake), "claude2": claude_provider(second)})
         )
-        with sdk_for(berry) as sdk:
+        with berry_client(berry) as sdk:
             chunks = stream_chunks(sdk)
         assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == TEXT
         assert len(second.recorder.requests) == 1
@@ -1048,8 +1007,8 @@ def test_client_mistakes_come_back_openai_shaped(
     fake.behaviour.mode = "invalid_request"
     fake.behaviour.error_message = "messages.0.content: this is not allowed (fake)"
     demo = make_upstream(name="demo")
-    berry = start_berry(config({"claude": claude_provider(fake), "demo": openai_provider(demo)}))
-    with sdk_for(berry) as sdk, pytest.raises(openai.BadRequestError) as caught:
+    berry = start_berry(config({"claude": claude_provider(fake), "demo": demo_provider(demo)}))
+    with berry_client(berry) as sdk, pytest.raises(openai.BadRequestError) as caught:
         sdk.chat.completions.create(model=PUBLIC, messages=HELLO)
     assert caught.value.status_code == 400
     error = caught.value.body
@@ -1079,8 +1038,8 @@ def test_anthropic_401_is_an_auth_failure(
     assert error_counts(alone) == {(f"claude:{MODEL}", "auth"): 1.0}
 
     demo = make_upstream(name="demo")
-    berry = start_berry(config({"claude": wrong, "demo": openai_provider(demo)}))
-    with sdk_for(berry) as sdk:
+    berry = start_berry(config({"claude": wrong, "demo": demo_provider(demo)}))
+    with berry_client(berry) as sdk:
         raw = sdk.chat.completions.with_raw_response.create(model=PUBLIC, messages=HELLO)
     assert raw.headers["x-berry-backend"] == "demo:up-model"
 
@@ -1100,7 +1059,7 @@ def test_mid_stream_error_interrupts_the_stream(fake: FakeAnthropic, client: ope
 
 def test_health_probe(fake: FakeAnthropic) -> None:
     gateway = Gateway(config({"claude": claude_provider(fake)}))
-    backend = gateway.config.models["chat"].backends[0]
+    backend = gateway.config.models[PUBLIC].backends[0]
 
     async def probe() -> list[Any]:
         await gateway.start()

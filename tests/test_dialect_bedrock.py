@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 import botocore.session
-import httpx
 import openai
 import orjson
 import pytest
@@ -33,8 +32,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from berry_shared.backend_state import ErrorClass
-from berry_shared.chat_request import ChatRequest, parse_chat_request
-from berry_shared.config import Config, Provider, parse_config
+from berry_shared.config import Config, Provider
 from berry_shared.dialects import build_dialects
 from berry_shared.dialects.base import AttemptFailed, ClientMistake, StreamBroken, Unsupported
 from berry_shared.dialects.bedrock import BedrockDialect, error_name, model_path
@@ -49,7 +47,19 @@ from berry_shared.dialects.bedrock_signer import (
 )
 from berry_shared.gateway import Gateway
 from berry_shared.usage import Usage
-from support import ADMIN_TOKEN, USER_TOKEN, Berry, DemoUpstream, provider_key
+from dialect_support import (
+    HELLO,
+    HTTP,
+    PUBLIC,
+    TIME,
+    WEATHER,
+    WEATHER_ARGS,
+    berry_client,
+    chat_request,
+    demo_provider,
+    one_model_config,
+)
+from support import ADMIN_TOKEN, USER_TOKEN, Berry, DemoUpstream
 
 # isort: split
 # support put local/ on sys.path
@@ -74,42 +84,12 @@ PROFILE_ARN = (
     "us.anthropic.claude-3-5-sonnet-20240620-v1:0"
 )
 REGION = "us-east-1"
-PUBLIC = "test-model"  # what clients ask Berry for
 KEY = DEFAULT_ACCESS_KEY_ID
 SECRET = DEFAULT_SECRET_ACCESS_KEY
 SESSION_TOKEN = "IQoJb3JpZ2luX2VjBerryTestSessionToken0123456789abcdef"
 API_KEY = "ABSKQmVkcm9ja0FQSUtleS1iZXJyeS10ZXN0LTAxMjM0NTY3"  # a Bedrock API key's shape
 SECRETS = (SECRET, SESSION_TOKEN, API_KEY)
 TEXT = Behaviour().text  # "Hello from fake Bedrock"
-HELLO = [{"role": "user", "content": "say hello to me"}]  # 4 input "tokens" for the fake
-HTTP = httpx.Client(timeout=20)
-WEATHER = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "Current weather in a city",
-        "parameters": {
-            "type": "object",
-            "properties": {
-                "city": {"type": "string"},
-                "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]},
-            },
-            "required": ["city", "unit"],
-        },
-    },
-}
-WEATHER_ARGS = {"city": "city-value", "unit": "celsius"}  # what the fake fills in
-TIME = {
-    "type": "function",
-    "function": {
-        "name": "get_time",
-        "parameters": {"type": "object", "properties": {"zone": {"type": "string"}}},
-    },
-}
-
-
-def chat_request(body: dict[str, Any]) -> ChatRequest:
-    return parse_chat_request(orjson.dumps({"model": PUBLIC, **body}))
 
 
 def translate(body: dict[str, Any]) -> dict[str, Any]:
@@ -1030,12 +1010,8 @@ def fake() -> Iterator[FakeBedrock]:
 
 @pytest.fixture
 def bedrock(fake: FakeBedrock) -> FakeBedrock:
-    defaults = Behaviour()
-    for field in Behaviour.__dataclass_fields__:
-        setattr(fake.behaviour, field, getattr(defaults, field))
+    fake.reset()
     fake.app.auth = AuthConfig(REGION, KEY, SECRET, SESSION_TOKEN, API_KEY)
-    fake.recorder.clear()
-    fake.calls.clear()
     return fake
 
 
@@ -1060,33 +1036,9 @@ def berry_config(
     }
     backends: list[dict[str, Any]] = [{"provider": "bedrock", "model": model}]
     if backup is not None:
-        providers["backup"] = {
-            "name": "Backup",
-            "base_url": backup.base_url,
-            "api_key": provider_key("backup"),
-            "models": ["up-model"],
-        }
+        providers["backup"] = demo_provider(backup, "backup")
         backends.append({"provider": "backup", "model": "up-model", "priority": 1})
-    return parse_config(
-        {
-            # No hedging: which backend answered must depend on failures alone.
-            "settings": {
-                "request_timeout_seconds": 10,
-                "hedging": {"enabled": False},
-                **(settings or {}),
-            },
-            "providers": providers,
-            "models": {"test-model": {"name": PUBLIC, "backends": backends}},
-            "users": {
-                "admin": {"name": "Admin", "token": ADMIN_TOKEN},
-                "user": {"name": "User", "token": USER_TOKEN, "allowed_models": ["test-model"]},
-            },
-        }
-    )
-
-
-def client(berry: Berry) -> openai.OpenAI:
-    return openai.OpenAI(base_url=berry.base_url, api_key=USER_TOKEN, max_retries=0)
+    return one_model_config(providers, backends, settings=settings)
 
 
 StartBerry = Callable[[Config], Berry]
@@ -1150,7 +1102,7 @@ def test_random_openai_bodies_become_converse_requests_the_fake_accepts(
 
 
 def test_non_stream_chat_through_berry(sigv4_berry: Berry, bedrock: FakeBedrock) -> None:
-    raw = client(sigv4_berry).chat.completions.with_raw_response.create(
+    raw = berry_client(sigv4_berry).chat.completions.with_raw_response.create(
         model=PUBLIC,
         messages=HELLO,
         max_tokens=100,
@@ -1178,7 +1130,7 @@ def test_stream_through_berry(
     bedrock.behaviour.split_delay_ms = 30  # the frame split in two arrives in two reads
     options = {"include_usage": True} if include_usage else None
     chunks = list(
-        client(sigv4_berry).chat.completions.create(
+        berry_client(sigv4_berry).chat.completions.create(
             model=PUBLIC,
             messages=HELLO,
             stream=True,
@@ -1202,7 +1154,7 @@ def test_stream_through_berry(
 
 
 def test_a_tool_round_trip_through_berry(sigv4_berry: Berry, bedrock: FakeBedrock) -> None:
-    sdk = client(sigv4_berry)
+    sdk = berry_client(sigv4_berry)
     messages: list[Any] = [{"role": "user", "content": "weather in Oslo?"}]
     first = sdk.chat.completions.create(model=PUBLIC, messages=messages, tools=[WEATHER, TIME])  # type: ignore[list-item]
     choice = first.choices[0]
@@ -1228,7 +1180,7 @@ def test_streamed_tool_calls_through_berry(sigv4_berry: Berry, bedrock: FakeBedr
     bedrock.behaviour.two_tool_calls = True
     bedrock.behaviour.tool_preamble = "Checking both."
     chunks = list(
-        client(sigv4_berry).chat.completions.create(
+        berry_client(sigv4_berry).chat.completions.create(
             model=PUBLIC,
             messages=HELLO,
             tools=[WEATHER, TIME],
@@ -1274,7 +1226,7 @@ def test_bedrock_failures_fail_over_to_another_backend(
     backup = make_upstream(name="backup")
     berry = start_berry(berry_config(bedrock.root_url, backup=backup))
     bedrock.behaviour.mode = mode
-    raw = client(berry).chat.completions.with_raw_response.create(
+    raw = berry_client(berry).chat.completions.with_raw_response.create(
         model=PUBLIC,
         messages=HELLO,
         stream=stream,  # type: ignore[arg-type]
@@ -1301,7 +1253,7 @@ def test_a_validation_exception_comes_back_openai_shaped_without_failover(
     bedrock.behaviour.mode = "validation"
     bedrock.behaviour.error_message = "Malformed input request: the prompt is not valid."
     with pytest.raises(openai.BadRequestError) as raised:
-        client(berry).chat.completions.create(model=PUBLIC, messages=HELLO)  # type: ignore[arg-type]
+        berry_client(berry).chat.completions.create(model=PUBLIC, messages=HELLO)  # type: ignore[arg-type]
     assert raised.value.status_code == 400
     assert raised.value.body == {  # type: ignore[comparison-overlap]
         "message": "Malformed input request: the prompt is not valid.",
@@ -1318,7 +1270,11 @@ def test_a_mid_stream_exception_ends_the_stream_with_berry_s_error_event(
     bedrock.behaviour.mode = "stream_error"
     bedrock.behaviour.fail_after_events = 2  # messageStart and the first text delta
     bedrock.behaviour.event_delay_ms = 50  # the exception arrives in a later read
-    stream = client(sigv4_berry).chat.completions.create(model=PUBLIC, messages=HELLO, stream=True)  # type: ignore[arg-type]
+    stream = berry_client(sigv4_berry).chat.completions.create(
+        model=PUBLIC,
+        messages=HELLO,  # type: ignore[arg-type]
+        stream=True,
+    )
     received = []
     with pytest.raises(openai.APIError) as raised:
         for chunk in stream:
@@ -1341,7 +1297,7 @@ def test_an_exception_event_before_any_content_fails_over(
     bedrock.behaviour.mode = "stream_error"
     bedrock.behaviour.stream_error_type = "throttlingException"
     bedrock.behaviour.fail_after_events = 1  # only messageStart
-    raw = client(berry).chat.completions.with_raw_response.create(
+    raw = berry_client(berry).chat.completions.with_raw_response.create(
         model=PUBLIC,
         messages=HELLO,
         stream=True,  # type: ignore[arg-type]
@@ -1374,7 +1330,11 @@ def test_a_corrupt_frame_mid_stream_ends_the_stream_as_a_failure(start_berry: St
     corrupt[len(corrupt) // 2] ^= 0x55  # a payload byte: the message CRC no longer matches
     with ThreadedServer(FrameServer([*frames[:3], bytes(corrupt), *frames[4:]])) as server:
         berry = start_berry(berry_config(server.root_url, api_key=API_KEY))
-        stream = client(berry).chat.completions.create(model=PUBLIC, messages=HELLO, stream=True)  # type: ignore[arg-type]
+        stream = berry_client(berry).chat.completions.create(
+            model=PUBLIC,
+            messages=HELLO,  # type: ignore[arg-type]
+            stream=True,
+        )
         received = []
         with pytest.raises(openai.APIError) as raised:
             for chunk in stream:
@@ -1388,7 +1348,7 @@ def test_credentials_from_the_environment(
     aws_env: None, bedrock: FakeBedrock, start_berry: StartBerry, monkeypatch
 ) -> None:
     berry = start_berry(berry_config(bedrock.root_url, headers={"X-Team": "search"}))
-    answer = client(berry).chat.completions.create(model=PUBLIC, messages=HELLO)  # type: ignore[arg-type]
+    answer = berry_client(berry).chat.completions.create(model=PUBLIC, messages=HELLO)  # type: ignore[arg-type]
     assert answer.choices[0].message.content == TEXT
     (call,) = bedrock.calls
     assert call.auth == "sigv4"
@@ -1398,7 +1358,7 @@ def test_credentials_from_the_environment(
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-the-secret-0123456789")
     other = start_berry(berry_config(bedrock.root_url))
     with pytest.raises(openai.APIStatusError) as raised:
-        client(other).chat.completions.create(model=PUBLIC, messages=HELLO)  # type: ignore[arg-type]
+        berry_client(other).chat.completions.create(model=PUBLIC, messages=HELLO)  # type: ignore[arg-type]
     assert raised.value.status_code == 502
     assert "InvalidSignatureException (HTTP 403)" in raised.value.message
     assert other.state(f"bedrock:{MODEL}").last_error is ErrorClass.AUTH
@@ -1445,7 +1405,7 @@ def test_container_credentials_are_refreshed_before_they_expire(
         bedrock.app.auth = AuthConfig(REGION, old_key, old_secret, old_token, None)
         berry = start_berry(berry_config(bedrock.root_url))
         assert endpoint.hits == 1  # loaded at start-up, not on the first request
-        sdk = client(berry)
+        sdk = berry_client(berry)
         assert sdk.chat.completions.create(model=PUBLIC, messages=HELLO).choices  # type: ignore[arg-type]
         assert endpoint.hits == 1  # a quarter of an hour left: no refresh yet
         time.sleep(3)  # now less than 15 minutes are left
@@ -1474,7 +1434,7 @@ def test_a_bearer_api_key(bedrock: FakeBedrock, start_berry: StartBerry, monkeyp
         if name.startswith("AWS_"):
             monkeypatch.delenv(name)  # no region, no credentials: none needed for a key
     berry = start_berry(berry_config(bedrock.root_url, api_key=API_KEY))
-    answer = client(berry).chat.completions.create(model=PUBLIC, messages=HELLO)  # type: ignore[arg-type]
+    answer = berry_client(berry).chat.completions.create(model=PUBLIC, messages=HELLO)  # type: ignore[arg-type]
     assert answer.choices[0].message.content == TEXT
     (call,) = bedrock.calls
     assert call.auth == "bearer"
@@ -1486,7 +1446,7 @@ def test_model_ids_with_colons_and_inference_profile_arns_reach_bedrock(
     aws_env: None, bedrock: FakeBedrock, start_berry: StartBerry
 ) -> None:
     berry = start_berry(berry_config(bedrock.root_url, model=PROFILE_ARN))
-    sdk = client(berry)
+    sdk = berry_client(berry)
     assert sdk.chat.completions.create(model=PUBLIC, messages=HELLO).choices  # type: ignore[arg-type]
     assert list(sdk.chat.completions.create(model=PUBLIC, messages=HELLO, stream=True))  # type: ignore[arg-type]
     assert [call.model_id for call in bedrock.calls] == [PROFILE_ARN, PROFILE_ARN]

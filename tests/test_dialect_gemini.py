@@ -15,7 +15,6 @@ import logging
 from collections.abc import Callable, Iterator
 from typing import Any
 
-import httpx
 import openai
 import orjson
 import pytest
@@ -26,7 +25,7 @@ from openai.types.chat import ChatCompletion, ChatCompletionChunk
 import support  # noqa: F401  (puts local/ on sys.path)
 from berry_shared.backend_state import ErrorClass
 from berry_shared.chat_request import ChatRequest, parse_chat_request
-from berry_shared.config import Config, parse_config
+from berry_shared.config import Config
 from berry_shared.dialects import build_dialects
 from berry_shared.dialects.base import AttemptFailed, ClientMistake, StreamBroken, Unsupported
 from berry_shared.dialects.gemini import api_base, model_path
@@ -39,6 +38,7 @@ from berry_shared.dialects.gemini_request import (
 from berry_shared.dialects.gemini_response import GeminiStream, choices, usage_from_gemini
 from berry_shared.dialects.gemini_schema import reduce_schema
 from berry_shared.gateway import Gateway
+from dialect_support import HTTP, berry_client, one_model_config
 from fakes.gemini import FakeGemini
 from openai_bodies import PNG_DATA_URL, chat_bodies
 from support import ADMIN_TOKEN, PROVIDER_KEY_PREFIX, USER_TOKEN, Berry, provider_key
@@ -46,7 +46,6 @@ from support import ADMIN_TOKEN, PROVIDER_KEY_PREFIX, USER_TOKEN, Berry, provide
 GEMINI_2 = "gemini-2.5-flash"
 GEMINI_3 = "gemini-3-flash-preview"
 FAKE_TEXT = "Hello from fake Gemini"
-HTTP = httpx.Client(timeout=20)
 MESSAGES = [{"role": "user", "content": "hello there"}]
 WEATHER_TOOL = {
     "type": "function",
@@ -93,22 +92,8 @@ def gemini_config(
     }
     if backends is None:
         backends = [{"provider": pid, "model": GEMINI_2} for pid in providers]
-    return parse_config(
-        {
-            "settings": {
-                "request_timeout_seconds": 10,
-                "circuit_breaker_timeout_seconds": 60,
-                "hedging": {"enabled": False},
-                **(settings or {}),
-            },
-            "providers": section,
-            "models": {"gem-model": {"name": "gem-model", "backends": backends}},
-            "users": {
-                "admin": {"name": "Admin", "token": ADMIN_TOKEN},
-                "user": {"name": "User", "token": USER_TOKEN, "allowed_models": ["gem-model"]},
-            },
-        }
-    )
+    breaker = {"circuit_breaker_timeout_seconds": 60}
+    return one_model_config(section, backends, "gem-model", {**breaker, **(settings or {})})
 
 
 # =============================================================================================
@@ -857,7 +842,7 @@ def berry(fake: FakeGemini, start_berry: Callable[[Config], Berry]) -> Berry:
 
 
 def client(berry: Berry) -> openai.OpenAI:
-    return openai.OpenAI(base_url=berry.base_url, api_key=USER_TOKEN, max_retries=0, timeout=15)
+    return berry_client(berry, timeout=15)
 
 
 def test_non_stream_answer_and_what_gemini_received(fake: FakeGemini, berry: Berry) -> None:

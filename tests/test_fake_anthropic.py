@@ -12,12 +12,9 @@ from __future__ import annotations
 import base64
 import json
 import struct
-import sys
 import threading
-import time
 import zlib
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 import anthropic
@@ -26,11 +23,9 @@ import httpx2
 import pytest
 from anthropic.types import TextBlock, ThinkingBlock, ToolUseBlock
 
-_LOCAL = str(Path(__file__).resolve().parents[1] / "local")
-if _LOCAL not in sys.path:
-    sys.path.insert(0, _LOCAL)
-
-from fakes.anthropic import (  # noqa: E402
+import support  # noqa: F401  (puts local/ on sys.path)
+from dialect_support import TIME_SCHEMA, WEATHER_INPUT, WEATHER_SCHEMA, wait_for
+from fakes.anthropic import (
     CURRENT_VERSION,
     LEGACY_VERSION,
     Behaviour,
@@ -44,26 +39,9 @@ DEFAULT_TEXT = Behaviour().text
 WEATHER_TOOL: dict[str, Any] = {
     "name": "get_weather",
     "description": "Current weather in a city",
-    "input_schema": {
-        "type": "object",
-        "properties": {
-            "city": {"type": "string"},
-            "days": {"type": "integer"},
-            "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]},
-            "verbose": {"type": "boolean"},
-        },
-        "required": ["city", "days", "unit"],
-    },
+    "input_schema": WEATHER_SCHEMA,
 }
-WEATHER_INPUT = {"city": "city-value", "days": 1, "unit": "celsius"}
-TIME_TOOL: dict[str, Any] = {
-    "name": "get_time",
-    "input_schema": {
-        "type": "object",
-        "properties": {"zone": {"type": "string"}},
-        "required": ["zone"],
-    },
-}
+TIME_TOOL: dict[str, Any] = {"name": "get_time", "input_schema": TIME_SCHEMA}
 
 
 def _png_1x1() -> bytes:
@@ -132,15 +110,6 @@ def sse_events(text: str) -> list[tuple[str, dict[str, Any]]]:
         fields = dict(line.split(": ", 1) for line in chunk.split("\n"))
         events.append((fields["event"], json.loads(fields["data"])))
     return events
-
-
-def wait_for(condition: Callable[[], bool], seconds: float = 5.0) -> bool:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.01)
-    return True
 
 
 # --- Plain answers -----------------------------------------------------------------------

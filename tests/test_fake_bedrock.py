@@ -9,15 +9,11 @@ mis-scoped signatures) are signed with botocore's SigV4 code and sent with httpx
 from __future__ import annotations
 
 import base64
-import dataclasses
 import datetime
 import ipaddress
 import json
-import sys
-import time
 from collections.abc import Iterator
 from contextlib import closing
-from pathlib import Path
 from typing import Any
 
 import boto3
@@ -32,11 +28,9 @@ from botocore.credentials import Credentials
 from botocore.eventstream import EventStreamBuffer, EventStreamMessage
 from urllib3.exceptions import ProtocolError
 
-_LOCAL = str(Path(__file__).resolve().parents[1] / "local")
-if _LOCAL not in sys.path:
-    sys.path.insert(0, _LOCAL)
-
-from fakes.bedrock import (  # noqa: E402
+import support  # noqa: F401  (puts local/ on sys.path)
+from dialect_support import TIME_SCHEMA, WEATHER_INPUT, WEATHER_SCHEMA, wait_for
+from fakes.bedrock import (
     DEFAULT_ACCESS_KEY_ID,
     DEFAULT_SECRET_ACCESS_KEY,
     EVENT_STREAM_CONTENT_TYPE,
@@ -62,33 +56,10 @@ WEATHER_TOOL = {
     "toolSpec": {
         "name": "get_weather",
         "description": "Current weather of a city",
-        "inputSchema": {
-            "json": {
-                "type": "object",
-                "properties": {
-                    "city": {"type": "string"},
-                    "days": {"type": "integer"},
-                    "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]},
-                    "verbose": {"type": "boolean"},
-                },
-                "required": ["city", "days", "unit"],
-            }
-        },
+        "inputSchema": {"json": WEATHER_SCHEMA},
     }
 }
-TIME_TOOL = {
-    "toolSpec": {
-        "name": "get_time",
-        "inputSchema": {
-            "json": {
-                "type": "object",
-                "properties": {"zone": {"type": "string"}},
-                "required": ["zone"],
-            }
-        },
-    }
-}
-WEATHER_INPUT = {"city": "city-value", "days": 1, "unit": "celsius"}
+TIME_TOOL = {"toolSpec": {"name": "get_time", "inputSchema": {"json": TIME_SCHEMA}}}
 
 
 def make_client(fake: FakeBedrock, **options: Any) -> Any:
@@ -114,11 +85,7 @@ def fake() -> Iterator[FakeBedrock]:
 
 @pytest.fixture
 def bedrock(fake: FakeBedrock) -> FakeBedrock:
-    defaults = Behaviour()
-    for field in dataclasses.fields(Behaviour):
-        setattr(fake.behaviour, field.name, getattr(defaults, field.name))
-    fake.recorder.clear()
-    fake.calls.clear()
+    fake.reset()
     return fake
 
 
@@ -951,8 +918,5 @@ def test_hang_times_out_and_the_fake_sees_the_client_leave(bedrock: FakeBedrock)
     )
     with pytest.raises(botocore.exceptions.ReadTimeoutError):
         client.converse(modelId=MODEL, messages=HELLO)
-    deadline = time.monotonic() + 10
-    while not bedrock.recorder.last.client_gone and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert bedrock.recorder.last.client_gone
+    assert wait_for(lambda: bedrock.recorder.last.client_gone, seconds=10)
     assert not bedrock.recorder.last.completed

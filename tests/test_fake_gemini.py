@@ -8,7 +8,6 @@ what the SDK never sends (unknown fields, JSON-Schema keys, a key in the URL).
 from __future__ import annotations
 
 import base64
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -20,6 +19,7 @@ from google.genai import errors, types
 from pydantic import BaseModel
 
 import support  # noqa: F401  (puts local/ on sys.path)
+from dialect_support import wait_for
 from fakes.gemini import DEFAULT_MODELS, FakeGemini
 
 MODEL = "gemini-2.5-flash"
@@ -757,10 +757,7 @@ def test_hang_times_out_and_records_the_client_leaving(fake: FakeGemini) -> None
         impatient.models.generate_content(model=MODEL, contents="hi")
     assert type(caught.value).__name__ == "ReadTimeout"
     seen = fake.recorder.last
-    deadline = time.monotonic() + 5
-    while not seen.client_gone and time.monotonic() < deadline:
-        time.sleep(0.01)  # the server notices the hang-up on its own thread
-    assert seen.client_gone
+    assert wait_for(lambda: seen.client_gone)
     assert not seen.completed
 
 

@@ -20,9 +20,7 @@ callers that configure the versioned prefix (Berry accepts both).
 
 from __future__ import annotations
 
-import asyncio
 import binascii
-import contextlib
 import dataclasses
 import re
 import uuid
@@ -32,19 +30,22 @@ from typing import Any
 import orjson
 
 from .server import (
+    FakeApp,
+    FakeServer,
     Receive,
     Recorder,
     Scope,
     Seen,
     Send,
     StreamSender,
-    ThreadedServer,
     drop_connection,
-    read_body,
+    read_request,
     send_bytes,
-    wait_for_disconnect,
+    send_half_then_drop,
+    sleep_ms,
     wait_or_gone,
 )
+from .text import split_text
 
 DEFAULT_API_KEY = "sk-ant-fake-0123456789abcdef"
 MESSAGES_PATH = "/v1/messages"
@@ -1013,18 +1014,6 @@ def message_body(
 # --- Server-sent events ------------------------------------------------------------------
 
 
-def _pieces(text: str, count: int) -> list[str]:
-    """Up to ``count`` non-empty pieces whose concatenation is ``text``."""
-    count = max(1, min(count, len(text)))
-    size, extra = divmod(len(text), count)
-    pieces, start = [], 0
-    for index in range(count):
-        end = start + size + (1 if index < extra else 0)
-        pieces.append(text[start:end])
-        start = end
-    return [piece for piece in pieces if piece]
-
-
 def sse(event: str, data: dict[str, Any]) -> bytes:
     return b"event: " + event.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
 
@@ -1042,18 +1031,18 @@ def _block_events(
         start: dict[str, Any] = {"type": "text", "text": ""}
         deltas = [
             {"type": "text_delta", "text": piece}
-            for piece in _pieces(block["text"], behaviour.text_deltas)
+            for piece in split_text(block["text"], behaviour.text_deltas)
         ]
     elif kind == "thinking":
         start = {"type": "thinking", "thinking": "", "signature": ""}
         deltas = [
             {"type": "thinking_delta", "thinking": piece}
-            for piece in _pieces(block["thinking"], behaviour.text_deltas)
+            for piece in split_text(block["thinking"], behaviour.text_deltas)
         ]
         deltas.append({"type": "signature_delta", "signature": block["signature"]})
     else:  # tool_use: the input arrives as JSON fragments, the first one empty as the API does
         start = {"type": "tool_use", "id": block["id"], "name": block["name"], "input": {}}
-        fragments = _pieces(orjson.dumps(block["input"]).decode(), behaviour.json_deltas)
+        fragments = split_text(orjson.dumps(block["input"]).decode(), behaviour.json_deltas)
         deltas = [
             {"type": "input_json_delta", "partial_json": fragment} for fragment in ["", *fragments]
         ]
@@ -1104,11 +1093,6 @@ def error_body(kind: str, message: str, request_id: str) -> dict[str, Any]:
     return {"type": "error", "error": {"type": kind, "message": message}, "request_id": request_id}
 
 
-async def _sleep_ms(ms: float) -> None:
-    if ms > 0:  # not even sleep(0): a loop iteration per request shows in benchmarks
-        await asyncio.sleep(ms / 1000)
-
-
 def _authenticate(headers: Mapping[str, str], api_key: str) -> None:
     # The API takes the key as x-api-key (curl, older SDKs) or as a bearer token (SDK >= 2).
     key = headers.get("x-api-key")
@@ -1133,52 +1117,31 @@ def _version(headers: Mapping[str, str]) -> str:
     return version
 
 
-class FakeAnthropicApp:
+class FakeAnthropicApp(FakeApp):
     """The raw ASGI application: one route, ``POST /v1/messages``."""
 
     def __init__(self, api_key: str, behaviour: Behaviour, recorder: Recorder) -> None:
+        super().__init__()
         self.api_key = api_key
         self.behaviour = behaviour
         self.recorder = recorder
-        self._hanging: set[asyncio.Future[None]] = set()
 
-    def release_hanging(self) -> None:
-        """End every "hang" request (by dropping it); must run on the server's loop."""
-        for waiter in self._hanging:
-            if not waiter.done():
-                waiter.set_result(None)
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "lifespan":  # for servers run with lifespan="on"
-            while (await receive())["type"] != "lifespan.shutdown":
-                await send({"type": "lifespan.startup.complete"})
-            await send({"type": "lifespan.shutdown.complete"})
-            return
-        if scope["type"] != "http":
-            return
-        raw, gone = await read_body(receive)
-        try:
-            parsed: Any = orjson.loads(raw) if raw else None
-        except orjson.JSONDecodeError:
-            parsed = None
-        seen = self.recorder.record(scope, raw, parsed)
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        seen, _, gone = await read_request(scope, receive, self.recorder)
         if gone:
             seen.client_gone = True
             return
-        behaviour = self.behaviour
-        if behaviour.latency_ms > 0 and await wait_or_gone(
-            receive, seen, behaviour.latency_ms / 1000
-        ):
+        if await wait_or_gone(receive, seen, self.behaviour.latency_ms / 1000):
             return
         request_id = _new_id("req_")
         try:
-            request = self._admit(scope, seen, raw, parsed)
+            request = self._admit(scope, seen)
         except ApiError as error:
             await self._send_error(send, seen, error, request_id)
             return
         await self._answer(request, request_id, seen, send, receive)
 
-    def _admit(self, scope: Scope, seen: Seen, raw: bytes, parsed: Any) -> ParsedRequest:
+    def _admit(self, scope: Scope, seen: Seen) -> ParsedRequest:
         if scope["path"] != MESSAGES_PATH or scope["method"] != "POST":
             raise ApiError(404, "not_found_error", "Not Found")
         headers = seen.headers
@@ -1186,9 +1149,9 @@ class FakeAnthropicApp:
         version = _version(headers)
         if not headers.get("content-type", "").lower().startswith("application/json"):
             raise _invalid("content-type: must be application/json")  # wording unverified
-        if parsed is None:
+        if seen.json is None:
             raise _invalid("There was an error parsing the body as JSON")  # wording unverified
-        request = parse_request(parsed, version, beta="anthropic-beta" in headers)
+        request = parse_request(seen.json, version, beta="anthropic-beta" in headers)
         models = self.behaviour.models
         if models is not None and request.model not in models:
             raise ApiError(404, "not_found_error", f"model: {request.model}")
@@ -1225,7 +1188,7 @@ class FakeAnthropicApp:
             await self._send_error(send, seen, error, request_id)
             return
         if mode == "hang":
-            await self._hang(send, receive, seen)
+            seen.client_gone = await self.hanging.hold(send, receive)
             return
         answer = build_answer(request, behaviour)
         message_id = _new_id("msg_")
@@ -1233,18 +1196,11 @@ class FakeAnthropicApp:
             await self._stream(message_id, request, answer, request_id, seen, send, receive)
             return
         payload = orjson.dumps(message_body(message_id, request, answer, behaviour))
-        if mode == "cut":  # announce the whole body, send half of it, then drop
-            headers = [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(payload)).encode()),
-                (b"request-id", request_id.encode()),
-            ]
-            await send({"type": "http.response.start", "status": 200, "headers": headers})
-            half = payload[: len(payload) // 2]
-            await send({"type": "http.response.body", "body": half, "more_body": True})
-            await drop_connection(send, receive)
+        headers = [(b"request-id", request_id.encode())]
+        if mode == "cut":
+            await send_half_then_drop(send, receive, payload, headers=headers)
             return
-        await send_bytes(send, 200, payload, headers=[(b"request-id", request_id.encode())])
+        await send_bytes(send, 200, payload, headers=headers)
         seen.completed = True
 
     async def _stream(
@@ -1262,11 +1218,11 @@ class FakeAnthropicApp:
         try:
             headers = [(b"cache-control", b"no-cache"), (b"request-id", request_id.encode())]
             await sender.start(200, "text/event-stream; charset=utf-8", headers)
-            await _sleep_ms(behaviour.first_byte_delay_ms)
+            await sleep_ms(behaviour.first_byte_delay_ms)
             first = True
             for event_type, event in stream_events(message_id, request, answer, behaviour):
                 if not first:
-                    await _sleep_ms(behaviour.event_delay_ms)
+                    await sleep_ms(behaviour.event_delay_ms)
                 first = False
                 if not await sender.chunk(event):
                     return
@@ -1284,27 +1240,8 @@ class FakeAnthropicApp:
         finally:
             await sender.close()
 
-    async def _hang(self, send: Send, receive: Receive, seen: Seen) -> None:
-        # Await the client's disconnect (or the server's stop) without blocking the loop.
-        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._hanging.add(waiter)
-        gone = asyncio.ensure_future(wait_for_disconnect(receive))
-        try:
-            await asyncio.wait({waiter, gone}, return_when=asyncio.FIRST_COMPLETED)
-            client_gone = gone.done()
-        finally:
-            self._hanging.discard(waiter)
-            waiter.cancel()
-            gone.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await gone
-        if client_gone:
-            seen.client_gone = True
-        else:  # released by stop(): drop it so that uvicorn can shut down promptly
-            await drop_connection(send, receive)
 
-
-class FakeAnthropic:
+class FakeAnthropic(FakeServer[FakeAnthropicApp]):
     """The fake on its own thread and loopback port: ``with FakeAnthropic() as fake: ...``.
 
     ``base_url`` is what ``anthropic.Anthropic(base_url=...)`` takes (the root: the SDK adds
@@ -1319,8 +1256,8 @@ class FakeAnthropic:
         port: int = 0,
     ) -> None:
         self.recorder = Recorder()
-        self.app = FakeAnthropicApp(api_key, behaviour or Behaviour(), self.recorder)
-        self.server = ThreadedServer(self.app, host=host, port=port)
+        app = FakeAnthropicApp(api_key, behaviour or Behaviour(), self.recorder)
+        super().__init__(app, host=host, port=port)
 
     @property
     def api_key(self) -> str:
@@ -1331,33 +1268,14 @@ class FakeAnthropic:
         return self.app.behaviour
 
     @property
-    def root_url(self) -> str:
-        return self.server.root_url
-
-    @property
     def base_url(self) -> str:
-        return self.server.root_url
+        return self.root_url
 
     @property
     def v1_url(self) -> str:
-        return f"{self.server.root_url}/v1"
+        return f"{self.root_url}/v1"
 
     def reset(self) -> None:
         """Default behaviour and an empty recorder (between tests sharing one server)."""
         self.app.behaviour = Behaviour()
         self.recorder.clear()
-
-    def start(self) -> FakeAnthropic:
-        self.server.start()
-        return self
-
-    def stop(self) -> None:
-        # "hang" requests would otherwise hold uvicorn's graceful shutdown until its timeout.
-        self.server.call_soon(self.app.release_hanging)
-        self.server.stop()
-
-    def __enter__(self) -> FakeAnthropic:
-        return self.start()
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()

@@ -31,7 +31,6 @@ build event-stream frames for other tests.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 import contextlib
@@ -57,18 +56,22 @@ from botocore.credentials import Credentials
 from botocore.model import Shape
 
 from fakes.server import (
+    FakeApp,
+    FakeServer,
     Receive,
     Recorder,
     Scope,
     Seen,
     Send,
     StreamSender,
-    ThreadedServer,
     drop_connection,
-    read_body,
+    read_request,
+    restore_defaults,
     send_bytes,
-    wait_for_disconnect,
+    send_half_then_drop,
+    sleep_ms,
 )
+from fakes.text import split_text
 
 DEFAULT_REGION = "us-east-1"
 DEFAULT_ACCESS_KEY_ID = "AKIAFAKEBEDROCK00001"
@@ -897,18 +900,6 @@ def build_answer(body: dict[str, Any], behaviour: Behaviour) -> Answer:
     return Answer(content, behaviour.stop_reason or stop_reason, usage)
 
 
-def _split(text: str, pieces: int) -> list[str]:
-    """Split into at most ``pieces`` non-empty parts whose concatenation is ``text``."""
-    pieces = max(1, min(pieces, len(text)))
-    size, extra = divmod(len(text), pieces)
-    parts, start = [], 0
-    for index in range(pieces):
-        end = start + size + (1 if index < extra else 0)
-        parts.append(text[start:end])
-        start = end
-    return [p for p in parts if p]
-
-
 def stream_events(
     answer: Answer, behaviour: Behaviour, latency_ms: int
 ) -> list[tuple[str, dict[str, Any]]]:
@@ -919,11 +910,15 @@ def stream_events(
             tool = block["toolUse"]
             start = {"toolUse": {"toolUseId": tool["toolUseId"], "name": tool["name"]}}
             events.append(("contentBlockStart", {"start": start, "contentBlockIndex": index}))
-            fragments = _split(orjson.dumps(tool["input"]).decode(), behaviour.tool_input_chunks)
+            fragments = split_text(
+                orjson.dumps(tool["input"]).decode(), behaviour.tool_input_chunks
+            )
             deltas: list[dict[str, Any]] = [{"toolUse": {"input": f}} for f in fragments]
         else:
             # Text blocks get no contentBlockStart on the real service, only deltas.
-            deltas = [{"text": piece} for piece in _split(block["text"], behaviour.stream_chunks)]
+            deltas = [
+                {"text": piece} for piece in split_text(block["text"], behaviour.stream_chunks)
+            ]
         events.extend(
             ("contentBlockDelta", {"delta": delta, "contentBlockIndex": index}) for delta in deltas
         )
@@ -971,42 +966,23 @@ def _headers(scope: Scope) -> dict[str, str]:
     return headers
 
 
-async def _sleep_ms(ms: float) -> None:
-    if ms > 0:
-        await asyncio.sleep(ms / 1000)
-
-
-class BedrockApp:
+class BedrockApp(FakeApp):
     """Raw ASGI app of the fake (FakeBedrock runs it)."""
 
     def __init__(self, auth: AuthConfig, behaviour: Behaviour) -> None:
+        super().__init__()
         self.auth = auth
         self.behaviour = behaviour
         self.recorder = Recorder()
         self.calls: list[Call] = []
-        self._hanging: set[asyncio.Future[None]] = set()
 
-    def release_hanging(self) -> None:
-        """End every "hang" request; must run on the server's loop."""
-        for waiter in self._hanging:
-            if not waiter.done():
-                waiter.set_result(None)
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            return
-        body, _ = await read_body(receive)
-        try:
-            parsed: Any = orjson.loads(body) if body else {}
-        except orjson.JSONDecodeError:
-            parsed = _MALFORMED
-        call = Call(
-            self.recorder.record(scope, body, parsed if body and parsed is not _MALFORMED else None)
-        )
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        seen, malformed, _ = await read_request(scope, receive, self.recorder)
+        call = Call(seen)
         self.calls.append(call)
         request_id = str(uuid.uuid4())
         try:
-            await self._handle(scope, receive, send, call, body, parsed, request_id)
+            await self._handle(scope, receive, send, call, malformed, request_id)
         except BedrockError as error:
             call.error = error.name
             await _send_error(send, error, request_id)
@@ -1017,8 +993,7 @@ class BedrockApp:
         receive: Receive,
         send: Send,
         call: Call,
-        body: bytes,
-        parsed: Any,
+        malformed: bool,
         request_id: str,
     ) -> None:
         started = time.monotonic()
@@ -1029,10 +1004,11 @@ class BedrockApp:
         call.operation, call.model_id = route
         headers = _headers(scope)
         query = scope.get("query_string", b"").decode("latin-1")
+        body = call.seen.body
         call.auth = authenticate(
             self.auth, scope["method"], scope["scheme"], raw_path, query, headers, body
         )
-        request = _request_object(parsed)
+        request = _request_object(call.seen.json if body else {}, malformed)
         validate_model_id(call.model_id)
         validate_shape(call.operation, request)
         validate_conversation(request)
@@ -1044,9 +1020,9 @@ class BedrockApp:
         if behaviour.model_ids is not None and call.model_id not in behaviour.model_ids:
             raise _validation(MSG_BAD_MODEL)
         if behaviour.mode == "hang":
-            await self._hang(send, receive, call.seen)
+            call.seen.client_gone = await self.hanging.hold(send, receive)
             return
-        await _sleep_ms(behaviour.latency_ms)
+        await sleep_ms(behaviour.latency_ms)
         if behaviour.mode in MODE_ERRORS:
             name, default = MODE_ERRORS[behaviour.mode]
             raise BedrockError(name, behaviour.error_message or default)
@@ -1077,21 +1053,11 @@ class BedrockApp:
             response["performanceConfig"] = request["performanceConfig"]
         payload = orjson.dumps(response)
         headers = [(b"x-amzn-requestid", request_id.encode())]
-        if self.behaviour.mode != "cut":
-            await send_bytes(send, 200, payload, headers=headers)
-            seen.completed = True
+        if self.behaviour.mode == "cut":
+            await send_half_then_drop(send, receive, payload, headers=headers)
             return
-        # Announce the whole length, send half of it, then drop the connection.
-        start_headers = [
-            (b"content-type", b"application/json"),
-            (b"content-length", str(len(payload)).encode()),
-            *headers,
-        ]
-        await send({"type": "http.response.start", "status": 200, "headers": start_headers})
-        await send(
-            {"type": "http.response.body", "body": payload[: len(payload) // 2], "more_body": True}
-        )
-        await drop_connection(send, receive)
+        await send_bytes(send, 200, payload, headers=headers)
+        seen.completed = True
 
     async def _stream(
         self,
@@ -1114,7 +1080,7 @@ class BedrockApp:
             await sender.start(
                 200, EVENT_STREAM_CONTENT_TYPE, [(b"x-amzn-requestid", request_id.encode())]
             )
-            await _sleep_ms(behaviour.first_byte_delay_ms)
+            await sleep_ms(behaviour.first_byte_delay_ms)
             if behaviour.mode == "stream_error":
                 frames = [*frames[:fail_at], exception_frame(*_stream_error(behaviour))]
             elif behaviour.mode == "cut":
@@ -1125,28 +1091,14 @@ class BedrockApp:
                 return
             for index, write in enumerate(_writes(frames)):
                 if write.second_half:
-                    await _sleep_ms(behaviour.split_delay_ms)
+                    await sleep_ms(behaviour.split_delay_ms)
                 elif index:
-                    await _sleep_ms(behaviour.event_delay_ms)
+                    await sleep_ms(behaviour.event_delay_ms)
                 if not await sender.chunk(write.data):
                     return
             await sender.end()
         finally:
             await sender.close()
-
-    async def _hang(self, send: Send, receive: Receive, seen: Seen) -> None:
-        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._hanging.add(waiter)
-        gone = asyncio.ensure_future(wait_for_disconnect(receive))
-        try:
-            await asyncio.wait({waiter, gone}, return_when=asyncio.FIRST_COMPLETED)
-            seen.client_gone = gone.done()
-        finally:
-            self._hanging.discard(waiter)
-            waiter.cancel()
-            gone.cancel()
-        if not seen.client_gone:  # released by stop(): drop it so that uvicorn can shut down
-            await drop_connection(send, receive)
 
 
 def _stream_error(behaviour: Behaviour) -> tuple[str, str]:
@@ -1178,11 +1130,8 @@ def _writes(frames: list[bytes]) -> list[_Write]:
     return writes
 
 
-_MALFORMED = object()  # the body was not JSON at all
-
-
-def _request_object(parsed: Any) -> dict[str, Any]:
-    if parsed is _MALFORMED:
+def _request_object(parsed: Any, malformed: bool) -> dict[str, Any]:
+    if malformed:  # not JSON at all
         raise BedrockError("SerializationException", "Could not parse the request body as JSON.")
     if not isinstance(parsed, dict):
         raise _serialization("", "a JSON object")
@@ -1204,7 +1153,7 @@ async def _send_error(send: Send, error: BedrockError, request_id: str) -> None:
 # ----------------------------------------------------------------------------------------
 
 
-class FakeBedrock:
+class FakeBedrock(FakeServer[BedrockApp]):
     """The fake on a loopback port, on its own thread: ``with FakeBedrock() as fake: ...``.
 
     ``root_url`` is the endpoint URL (``endpoint_url`` for boto3, Berry's ``base_url``).
@@ -1227,12 +1176,12 @@ class FakeBedrock:
         ssl_keyfile: str | None = None,
     ) -> None:
         auth = AuthConfig(region, access_key_id, secret_access_key, session_token, api_key)
-        self.app = BedrockApp(auth, behaviour if behaviour is not None else Behaviour())
+        app = BedrockApp(auth, behaviour if behaviour is not None else Behaviour())
         tls: dict[str, Any] = {}
         if ssl_certfile is not None:
             tls = {"ssl_certfile": ssl_certfile, "ssl_keyfile": ssl_keyfile}
         self.tls = bool(tls)
-        self.server = ThreadedServer(self.app, host=host, port=port, **tls)
+        super().__init__(app, host=host, port=port, **tls)
 
     @property
     def region(self) -> str:
@@ -1255,17 +1204,8 @@ class FakeBedrock:
         url = self.server.root_url
         return "https" + url[len("http") :] if self.tls else url
 
-    def start(self) -> FakeBedrock:
-        self.server.start()
-        return self
-
-    def stop(self) -> None:
-        # "hang" requests would otherwise hold uvicorn's graceful shutdown.
-        self.server.call_soon(self.app.release_hanging)
-        self.server.stop()
-
-    def __enter__(self) -> FakeBedrock:
-        return self.start()
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
+    def reset(self) -> None:
+        """Default behaviour, no record, no calls (between tests sharing one server)."""
+        restore_defaults(self.behaviour, Behaviour())
+        self.recorder.clear()
+        self.calls.clear()

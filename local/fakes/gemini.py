@@ -30,11 +30,9 @@ choices are marked "conservative" below.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 import contextlib
-import dataclasses
 import math
 import re
 import secrets
@@ -46,18 +44,23 @@ from urllib.parse import parse_qsl
 import orjson
 
 from fakes.server import (
+    FakeApp,
+    FakeServer,
     Receive,
     Recorder,
     Scope,
     Seen,
     Send,
     StreamSender,
-    ThreadedServer,
     drop_connection,
-    read_body,
+    header,
+    read_request,
+    restore_defaults,
     send_bytes,
-    wait_for_disconnect,
+    send_half_then_drop,
+    sleep_ms,
 )
+from fakes.text import split_text
 
 DEFAULT_API_KEY: Final = "fake-gemini-key-0123456789"
 DEFAULT_MODELS: Final = (
@@ -1317,20 +1320,9 @@ class Renderer:
             if text is None or part.get("thought"):
                 out.append([part])
                 continue
-            out.extend([{"text": piece}] for piece in _split(text, self.behaviour.stream_events))
+            pieces = split_text(text, self.behaviour.stream_events) or [""]
+            out.extend([{"text": piece}] for piece in pieces)
         return out or [[]]
-
-
-def _split(text: str, n: int) -> list[str]:
-    """At most n non-empty pieces whose concatenation is exactly text."""
-    n = max(1, min(n, len(text)))
-    size, extra = divmod(len(text), n)
-    pieces, start = [], 0
-    for i in range(n):
-        end = start + size + (1 if i < extra else 0)
-        pieces.append(text[start:end])
-        start = end
-    return pieces or [""]
 
 
 # --------------------------------------------------------------------------------------------
@@ -1352,18 +1344,6 @@ def _not_found_page(path: str) -> bytes:
     ).encode()
 
 
-def _header(scope: Scope, name: bytes) -> str | None:
-    for key, value in scope["headers"]:
-        if key.lower() == name:
-            return str(value.decode("latin-1"))
-    return None
-
-
-async def _sleep_ms(ms: float) -> None:
-    if ms > 0:
-        await asyncio.sleep(ms / 1000)
-
-
 @dataclass
 class Call:
     """One routed request."""
@@ -1374,39 +1354,24 @@ class Call:
     alt: str  # "" (JSON) or "sse"
 
 
-class GeminiApp:
+class GeminiApp(FakeApp):
     """The raw ASGI app (orjson, no framework: cheap enough for benchmarks)."""
 
     def __init__(self, api_key: str, behaviour: Behaviour, recorder: Recorder) -> None:
+        super().__init__()
         self.api_key = api_key
         self.behaviour = behaviour
         self.recorder = recorder
-        self._hanging: set[asyncio.Future[None]] = set()
 
-    def release_hanging(self) -> None:
-        """End every "hang" request; must run on the server's loop (see FakeGemini.stop)."""
-        for waiter in self._hanging:
-            if not waiter.done():
-                waiter.set_result(None)
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            return
-        body, _ = await read_body(receive)
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        seen, _, _ = await read_request(scope, receive, self.recorder)
         try:
-            parsed: Any = orjson.loads(body) if body else {}
-        except orjson.JSONDecodeError:
-            parsed = None
-        seen = self.recorder.record(scope, body, parsed)
-        try:
-            await self._serve(scope, receive, send, seen, body, parsed)
+            await self._serve(scope, receive, send, seen)
         except ApiError as error:
             await send_bytes(send, error.code, orjson.dumps(error.body()), _JSON)
             seen.completed = True
 
-    async def _serve(
-        self, scope: Scope, receive: Receive, send: Send, seen: Seen, raw: bytes, body: Any
-    ) -> None:
+    async def _serve(self, scope: Scope, receive: Receive, send: Send, seen: Seen) -> None:
         call = self._route(scope)
         if call is None:
             page = _not_found_page(scope["path"])
@@ -1415,14 +1380,14 @@ class GeminiApp:
             return
         b = self.behaviour
         if b.mode == "hang":
-            await self._hang(seen, receive, send)
+            seen.client_gone = await self.hanging.hold(send, receive)
             return
-        await _sleep_ms(b.latency_ms)
+        await sleep_ms(b.latency_ms)
         self._authenticate(scope)
-        if raw and body is None:
+        if seen.body and seen.json is None:  # not JSON, or a bare null
             raise bad_request([("", "Invalid JSON payload received. Unexpected token.")])
         parser = ProtoJsonParser()
-        request = parser.parse_request(body)
+        request = parser.parse_request(seen.json if seen.body else {})
         if parser.violations:
             raise bad_request(parser.violations)
         if b.models is not None and call.model not in b.models:
@@ -1482,7 +1447,7 @@ class GeminiApp:
         return Call(version, model, method, alt)
 
     def _authenticate(self, scope: Scope) -> None:
-        key = _header(scope, b"x-goog-api-key")
+        key = header(scope, b"x-goog-api-key")
         if key is None:
             raise missing_api_key()
         if not secrets.compare_digest(key.encode(), self.api_key.encode()):
@@ -1501,37 +1466,12 @@ class GeminiApp:
         if mode not in MODES:  # a typo in a test must not pass for "ok"
             raise ApiError(500, "INTERNAL", f"fake Gemini: unknown Behaviour.mode {mode!r}")
 
-    async def _hang(self, seen: Seen, receive: Receive, send: Send) -> None:
-        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._hanging.add(waiter)
-        gone = asyncio.ensure_future(wait_for_disconnect(receive))
-        try:
-            await asyncio.wait({waiter, gone}, return_when=asyncio.FIRST_COMPLETED)
-            client_gone = gone.done()
-        finally:
-            self._hanging.discard(waiter)
-            waiter.cancel()
-            gone.cancel()
-        if client_gone:
-            seen.client_gone = True
-        else:  # released by stop(): drop the connection so shutdown does not wait for it
-            await drop_connection(send, receive)
-
     async def _send_whole(self, renderer: Renderer, send: Send, receive: Receive) -> None:
         payload = orjson.dumps(renderer.whole())
         if self.behaviour.mode != "stream_error":
             await send_bytes(send, 200, payload, _JSON)
             return
-        # Announce the full length, send half of it, then drop: a truncated body.
-        headers = [
-            (b"content-type", _JSON.encode()),
-            (b"content-length", str(len(payload)).encode()),
-        ]
-        await send({"type": "http.response.start", "status": 200, "headers": headers})
-        await send(
-            {"type": "http.response.body", "body": payload[: len(payload) // 2], "more_body": True}
-        )
-        await drop_connection(send, receive)
+        await send_half_then_drop(send, receive, payload, _JSON)
 
     async def _stream(
         self, renderer: Renderer, call: Call, seen: Seen, send: Send, receive: Receive
@@ -1547,10 +1487,10 @@ class GeminiApp:
         stream = StreamSender(send, receive, seen)
         try:
             await stream.start(200, "text/event-stream" if sse else _JSON, [])
-            await _sleep_ms(b.first_byte_delay_ms)
+            await sleep_ms(b.first_byte_delay_ms)
             for i, chunk in enumerate(framed):
                 if i:
-                    await _sleep_ms(b.event_delay_ms)
+                    await sleep_ms(b.event_delay_ms)
                 if b.mode == "stream_error" and i == max(1, len(framed) // 2):
                     await stream.close()  # the fake hangs up: not a client that went away
                     await drop_connection(send, receive)
@@ -1571,7 +1511,7 @@ class GeminiApp:
 # --------------------------------------------------------------------------------------------
 
 
-class FakeGemini:
+class FakeGemini(FakeServer[GeminiApp]):
     """The fake on a loopback port in its own thread: ``with FakeGemini() as fake: ...``."""
 
     def __init__(
@@ -1581,8 +1521,7 @@ class FakeGemini:
         host: str = "127.0.0.1",
         port: int = 0,
     ) -> None:
-        self.app = GeminiApp(api_key, behaviour or Behaviour(), Recorder())
-        self.server = ThreadedServer(self.app, host, port)
+        super().__init__(GeminiApp(api_key, behaviour or Behaviour(), Recorder()), host, port)
 
     @property
     def api_key(self) -> str:
@@ -1597,34 +1536,13 @@ class FakeGemini:
         return self.app.recorder
 
     @property
-    def root_url(self) -> str:
-        return self.server.root_url
-
-    @property
     def base_url(self) -> str:
         return f"{self.root_url}/v1beta"
 
     def reset(self) -> None:
         """Default behaviour and an empty record (between tests sharing one server)."""
-        defaults = Behaviour()
-        for f in dataclasses.fields(Behaviour):
-            setattr(self.behaviour, f.name, getattr(defaults, f.name))
+        restore_defaults(self.behaviour, Behaviour())
         self.recorder.clear()
-
-    def start(self) -> FakeGemini:
-        self.server.start()
-        return self
-
-    def stop(self) -> None:
-        # "hang" requests would otherwise hold uvicorn's graceful shutdown for its timeout.
-        self.server.call_soon(self.app.release_hanging)
-        self.server.stop()
-
-    def __enter__(self) -> FakeGemini:
-        return self.start()
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
 
 
 __all__ = [

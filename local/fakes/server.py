@@ -3,20 +3,29 @@
 One runner for every in-process fake server (the demo upstream, the provider fakes, test
 servers), plus ``Recorder``: what a fake saw, including whether its client hung up early,
 so tests can prove that a cancelled attempt really closed its connection.
+
+What the fakes share sits here too: ``FakeApp`` (lifespan, requests held by a "hang" mode)
+and ``FakeServer`` (the app on a ``ThreadedServer``, released hanging requests on stop), and
+the ASGI helpers they answer with.
 """
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import contextlib
 import socket
 import threading
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, fields
+from typing import TYPE_CHECKING, Any, Generic, NamedTuple, Self, TypeVar
 
+import orjson
 import uvicorn
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
 
 Scope = dict[str, Any]
 Message = dict[str, Any]
@@ -174,6 +183,36 @@ async def read_body(receive: Receive) -> tuple[bytes, bool]:
             return b"".join(chunks), False
 
 
+class Arrival(NamedTuple):
+    """A request a fake has read and recorded."""
+
+    seen: Seen  # its record: ``json`` is None when the body is empty or not JSON
+    malformed: bool  # a body that is not JSON at all (``null`` is JSON)
+    gone: bool  # the client hung up while sending the body
+
+
+async def read_request(scope: Scope, receive: Receive, recorder: Recorder) -> Arrival:
+    """Read the whole body, parse it as JSON when there is one, and record the request."""
+    body, gone = await read_body(receive)
+    parsed: Any = None
+    malformed = False
+    if body:
+        try:
+            parsed = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            malformed = True
+    return Arrival(recorder.record(scope, body, parsed), malformed, gone)
+
+
+def header(scope: Scope, name: bytes) -> str | None:
+    """The first value of header ``name`` (lower case) of a request."""
+    headers: list[tuple[bytes, bytes]] = scope["headers"]
+    for key, value in headers:
+        if key.lower() == name:
+            return value.decode("latin-1")
+    return None
+
+
 async def wait_for_disconnect(receive: Receive) -> None:
     while (await receive())["type"] != "http.disconnect":
         pass
@@ -192,6 +231,18 @@ async def drop_connection(send: Send, receive: Receive) -> None:
     await wait_for_disconnect(receive)
 
 
+def _start(
+    status: int, body: bytes, content_type: str, headers: list[tuple[bytes, bytes]] | None
+) -> Message:
+    """The start of a response whose length is announced: ``body``'s."""
+    start_headers = [
+        (b"content-type", content_type.encode("latin-1")),
+        (b"content-length", str(len(body)).encode()),
+        *(headers or []),
+    ]
+    return {"type": "http.response.start", "status": status, "headers": start_headers}
+
+
 async def send_bytes(
     send: Send,
     status: int,
@@ -199,13 +250,22 @@ async def send_bytes(
     content_type: str = "application/json",
     headers: list[tuple[bytes, bytes]] | None = None,
 ) -> None:
-    start_headers = [
-        (b"content-type", content_type.encode("latin-1")),
-        (b"content-length", str(len(body)).encode()),
-        *(headers or []),
-    ]
-    await send({"type": "http.response.start", "status": status, "headers": start_headers})
+    await send(_start(status, body, content_type, headers))
     await send({"type": "http.response.body", "body": body})
+
+
+async def send_half_then_drop(
+    send: Send,
+    receive: Receive,
+    body: bytes,
+    content_type: str = "application/json",
+    headers: list[tuple[bytes, bytes]] | None = None,
+) -> None:
+    """A truncated 200: announce the whole body's length, send half of it, then drop the
+    connection (what a server that dies mid-response leaves the client with)."""
+    await send(_start(200, body, content_type, headers))
+    await send({"type": "http.response.body", "body": body[: len(body) // 2], "more_body": True})
+    await drop_connection(send, receive)
 
 
 class StreamSender:
@@ -254,11 +314,125 @@ class StreamSender:
             await self._watch
 
 
-async def wait_or_gone(receive: Receive, seen: Seen, seconds: float) -> bool:
-    """Sleep ``seconds`` unless the client disconnects first; True if it did."""
+async def sleep_ms(ms: float) -> None:
+    if ms > 0:  # not even sleep(0): a loop iteration per request shows in benchmarks
+        await asyncio.sleep(ms / 1000)
+
+
+async def client_left_within(receive: Receive, seconds: float) -> bool:
+    """Wait ``seconds`` unless the client disconnects first; True if it did. No wait at all
+    for 0 (benchmarks)."""
+    if seconds <= 0:
+        return False
     try:
         await asyncio.wait_for(wait_for_disconnect(receive), seconds)
     except TimeoutError:
         return False
-    seen.client_gone = True
     return True
+
+
+async def wait_or_gone(receive: Receive, seen: Seen, seconds: float) -> bool:
+    """Sleep ``seconds`` unless the client disconnects first; True (and recorded) if it did."""
+    if await client_left_within(receive, seconds):
+        seen.client_gone = True
+        return True
+    return False
+
+
+class HangingRequests:
+    """The requests a fake keeps unanswered (its "hang" mode) until their client leaves or
+    the server stops. Stopping must release them: uvicorn's graceful shutdown would otherwise
+    wait for them until its timeout."""
+
+    def __init__(self) -> None:
+        self._waiters: set[asyncio.Future[None]] = set()
+
+    def __len__(self) -> int:
+        """How many requests hang right now."""
+        return len(self._waiters)
+
+    def release(self) -> None:
+        """End every hanging request; must run on the server's loop (``call_soon``)."""
+        for waiter in self._waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    async def hold(self, send: Send, receive: Receive) -> bool:
+        """Hang without blocking the loop until the client leaves (True) or ``release()``:
+        then the connection is dropped (False), so that shutdown need not wait for it."""
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.add(waiter)
+        gone = asyncio.ensure_future(wait_for_disconnect(receive))
+        try:
+            await asyncio.wait({waiter, gone}, return_when=asyncio.FIRST_COMPLETED)
+            client_gone = gone.done()
+        finally:
+            self._waiters.discard(waiter)
+            waiter.cancel()
+            gone.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await gone
+        if not client_gone:
+            await drop_connection(send, receive)
+        return client_gone
+
+
+class FakeApp(abc.ABC):
+    """A fake's raw ASGI app: ``handle`` gets the HTTP requests; the lifespan protocol is
+    answered (for servers run with lifespan="on") and "hang" requests are held here."""
+
+    def __init__(self) -> None:
+        self.hanging = HangingRequests()
+
+    def release_hanging(self) -> None:
+        """End every hanging request; must run on the server's loop."""
+        self.hanging.release()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            await self.handle(scope, receive, send)
+        elif scope["type"] == "lifespan":
+            while (await receive())["type"] != "lifespan.shutdown":
+                await send({"type": "lifespan.startup.complete"})
+            await send({"type": "lifespan.shutdown.complete"})
+
+    @abc.abstractmethod
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Answer one HTTP request."""
+
+
+AppT = TypeVar("AppT", bound=FakeApp)
+
+
+class FakeServer(Generic[AppT]):
+    """A fake's app on its own thread and loopback port: ``with Fake() as fake: ...``."""
+
+    def __init__(self, app: AppT, host: str = "127.0.0.1", port: int = 0, **config: Any) -> None:
+        self.app = app
+        self.server = ThreadedServer(app, host=host, port=port, **config)
+
+    @property
+    def root_url(self) -> str:
+        return self.server.root_url
+
+    def start(self, timeout: float = 10.0) -> Self:
+        self.server.start(timeout)
+        return self
+
+    def stop(self, timeout: float = 5.0) -> None:
+        # Hanging requests would otherwise hold uvicorn's graceful shutdown until its timeout.
+        self.server.call_soon(self.app.release_hanging)
+        self.server.stop(timeout)
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+
+def restore_defaults(behaviour: DataclassInstance, defaults: DataclassInstance) -> None:
+    """Give ``behaviour`` every value of ``defaults`` in place: the running app holds that very
+    object, so it answers with them from its next request on."""
+    for spec in fields(defaults):
+        setattr(behaviour, spec.name, getattr(defaults, spec.name))
