@@ -41,7 +41,8 @@ class Usage:
         return usage
 
 
-def _count(value: object) -> int:
+def token_count(value: object) -> int:
+    """A provider's token count as reported, or 0 for anything that is not a positive int."""
     return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
 
 
@@ -50,8 +51,10 @@ def usage_from_openai(usage: object) -> Usage | None:
     if not isinstance(usage, dict):
         return None
     details = usage.get("prompt_tokens_details")
-    cached = _count(details.get("cached_tokens")) if isinstance(details, dict) else 0
-    return Usage(_count(usage.get("prompt_tokens")), _count(usage.get("completion_tokens")), cached)
+    cached = token_count(details.get("cached_tokens")) if isinstance(details, dict) else 0
+    return Usage(
+        token_count(usage.get("prompt_tokens")), token_count(usage.get("completion_tokens")), cached
+    )
 
 
 def estimate_tokens(characters: int) -> int:

@@ -34,8 +34,6 @@ import re
 from functools import lru_cache
 from typing import Any
 
-import orjson
-
 from .anthropic_content import (
     ASSISTANT_PARTS,
     SYSTEM_PARTS,
@@ -43,7 +41,7 @@ from .anthropic_content import (
     USER_PARTS,
     content_blocks,
 )
-from .base import Unsupported
+from .base import Unsupported, json_object
 
 DEFAULT_MAX_TOKENS = 4096
 # The first Claude generation that rejects temperature / top_p / top_k ("`temperature` is
@@ -261,11 +259,8 @@ def tool_input(arguments: Any, at: str) -> dict[str, Any]:
         return arguments
     if arguments is None or (isinstance(arguments, str) and not arguments.strip()):
         return {}
-    try:
-        parsed = orjson.loads(arguments) if isinstance(arguments, str) else None
-    except orjson.JSONDecodeError:
-        parsed = None
-    if not isinstance(parsed, dict):
+    parsed = json_object(arguments)
+    if parsed is None:
         raise Unsupported(
             f"'{at}' must be a JSON object for Claude backends (Anthropic takes tool input as "
             "an object).",

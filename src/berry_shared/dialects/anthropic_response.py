@@ -13,7 +13,7 @@ from typing import Any
 
 import orjson
 
-from ..usage import Usage
+from ..usage import Usage, token_count
 from .base import completion_body
 
 # Anthropic's stop_reason -> OpenAI's finish_reason. pause_turn (a server tool paused a long
@@ -31,10 +31,6 @@ FINISH_REASONS = {
 
 def finish_reason(stop_reason: object) -> str:
     return FINISH_REASONS.get(stop_reason, "stop") if isinstance(stop_reason, str) else "stop"
-
-
-def token_count(value: object) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
 
 
 def usage_from_counts(

@@ -24,8 +24,8 @@ from typing import Any
 import orjson
 
 from ..backend_state import ErrorClass
-from ..usage import Usage, estimate_tokens
-from .anthropic_response import finish_reason, token_count, usage_from_counts
+from ..usage import Usage, estimate_tokens, token_count
+from .anthropic_response import finish_reason, usage_from_counts
 from .base import SSE_DONE_EVENT, ChunkWriter, StreamBroken, StreamDecoder
 from .sse import SSEParser
 

@@ -92,7 +92,7 @@ class StreamDecoder(ABC):
     ``finish`` is called at the upstream's clean end and returns what remains, ending with
     ``data: [DONE]``, or raises ``StreamBroken`` if the stream was incomplete. Either may
     raise ``StreamBroken``. ``usage`` holds the provider's count once it was seen, and
-    ``completion_chars`` the text relayed so far, for an estimate when it never is.
+    ``completion_tokens_estimate`` what was relayed so far, for when it never is.
     """
 
     usage: Usage | None = None
@@ -138,6 +138,29 @@ def parse_retry_after(value: str | None) -> float | None:
     except ValueError:
         return None
     return seconds if 0 < seconds <= 3600 else None
+
+
+def json_object(value: object) -> dict[str, Any] | None:
+    """A JSON object given as a dict or as JSON text; None for anything else."""
+    if isinstance(value, dict):
+        return value
+    if not isinstance(value, str):
+        return None
+    try:
+        parsed = orjson.loads(value)
+    except orjson.JSONDecodeError:
+        return None
+    return parsed if isinstance(parsed, dict) else None
+
+
+def tool_arguments(arguments: object) -> dict[str, Any]:
+    """An OpenAI tool call's ``arguments`` (JSON text) as the object providers take; text
+    that is no JSON object (a model's broken JSON in the history) is kept whole under
+    "arguments"."""
+    if not arguments:
+        return {}
+    parsed = json_object(arguments)
+    return parsed if parsed is not None else {"arguments": arguments}
 
 
 def sse_event(payload: dict[str, Any]) -> bytes:

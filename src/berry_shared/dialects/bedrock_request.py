@@ -18,9 +18,7 @@ import hashlib
 import re
 from typing import Any
 
-import orjson
-
-from .base import Unsupported
+from .base import Unsupported, json_object, tool_arguments
 
 # Converse's inferenceConfig.temperature is 0..1 where OpenAI's is 0..2: values above 1 are
 # clamped (the model's most random), never rejected.
@@ -176,7 +174,7 @@ def _assistant_blocks(message: dict[str, Any], index: int, used_tools: dict[str,
         tool_use = {
             "toolUseId": tool_use_id(call.get("id")),
             "name": name,
-            "input": tool_input(function.get("arguments")),
+            "input": tool_arguments(function.get("arguments")),
         }
         blocks.append({"toolUse": tool_use})
     return blocks
@@ -189,23 +187,6 @@ def tool_use_id(call_id: Any) -> str:
     if _TOOL_USE_ID.fullmatch(text):
         return text
     return "call_" + hashlib.sha256(text.encode()).hexdigest()[:40]
-
-
-def tool_input(arguments: Any) -> dict[str, Any]:
-    """OpenAI's arguments (a JSON string) as Converse's input (a JSON object). Arguments that
-    are not an object (a model's broken JSON in the history) are kept under "arguments"."""
-    if isinstance(arguments, dict):
-        return arguments
-    if not arguments:
-        return {}
-    if isinstance(arguments, str):
-        try:
-            parsed = orjson.loads(arguments)
-        except orjson.JSONDecodeError:
-            parsed = None
-        if isinstance(parsed, dict):
-            return parsed
-    return {"arguments": arguments}
 
 
 def _tool_result(message: dict[str, Any]) -> dict[str, Any]:
@@ -221,13 +202,8 @@ def _tool_result(message: dict[str, Any]) -> dict[str, Any]:
     text = content if isinstance(content, str) else "" if content is None else str(content)
     items: Blocks = []
     stripped = text.strip()
-    if stripped.startswith("{"):
-        try:
-            parsed = orjson.loads(stripped)
-        except orjson.JSONDecodeError:
-            parsed = None
-        if isinstance(parsed, dict):
-            items.append({"json": parsed})
+    if stripped.startswith("{") and (parsed := json_object(stripped)) is not None:
+        items.append({"json": parsed})
     if not items and stripped:
         items.append({"text": text})
     return {"toolResult": {"toolUseId": tool_use_id(message.get("tool_call_id")), "content": items}}

@@ -21,7 +21,7 @@ import orjson
 
 from ..backend_state import ErrorClass
 from ..chat_request import ChatRequest
-from ..usage import Usage, estimate_prompt_tokens, estimate_tokens
+from ..usage import Usage, estimate_prompt_tokens, estimate_tokens, token_count
 from .base import (
     SSE_DONE_EVENT,
     AttemptFailed,
@@ -68,14 +68,10 @@ def converse_usage(usage: Any) -> Usage | None:
     cache reads and writes are added back to make OpenAI's prompt_tokens."""
     if not isinstance(usage, dict):
         return None
-    read = _count(usage.get("cacheReadInputTokens"))
-    written = _count(usage.get("cacheWriteInputTokens"))
-    prompt = _count(usage.get("inputTokens")) + read + written
-    return Usage(prompt, _count(usage.get("outputTokens")), read)
-
-
-def _count(value: Any) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+    read = token_count(usage.get("cacheReadInputTokens"))
+    written = token_count(usage.get("cacheWriteInputTokens"))
+    prompt = token_count(usage.get("inputTokens")) + read + written
+    return Usage(prompt, token_count(usage.get("outputTokens")), read)
 
 
 def openai_message(content: Any) -> dict[str, Any]:

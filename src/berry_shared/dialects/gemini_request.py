@@ -34,7 +34,7 @@ from urllib.parse import urlsplit
 
 import orjson
 
-from .base import Unsupported
+from .base import Unsupported, json_object, tool_arguments
 from .gemini_schema import reduce_schema
 
 # Documented in the thought-signatures guide as the value that skips signature validation.
@@ -223,26 +223,20 @@ def _assistant_parts(message: dict[str, Any], index: int, call_names: dict[str, 
         call_id = call.get("id")
         if isinstance(call_id, str):
             call_names[call_id] = name
-        parts.append({"functionCall": {"name": name, "args": _arguments(function)}})
+        parts.append(
+            {"functionCall": {"name": name, "args": tool_arguments(function.get("arguments"))}}
+        )
     legacy = message.get("function_call")  # the pre-tools form of a single call
     if isinstance(legacy, dict) and isinstance(legacy.get("name"), str):
-        parts.append({"functionCall": {"name": legacy["name"], "args": _arguments(legacy)}})
+        parts.append(
+            {
+                "functionCall": {
+                    "name": legacy["name"],
+                    "args": tool_arguments(legacy.get("arguments")),
+                }
+            }
+        )
     return parts
-
-
-def _arguments(function: dict[str, Any]) -> dict[str, Any]:
-    """A call's ``arguments`` string as the object Gemini's ``args`` is; text that is not a
-    JSON object (models rarely write any) is kept whole under "arguments"."""
-    raw = function.get("arguments")
-    if not raw:
-        return {}
-    if isinstance(raw, dict):
-        return raw
-    try:
-        parsed = orjson.loads(raw)
-    except (orjson.JSONDecodeError, TypeError):
-        parsed = None
-    return parsed if isinstance(parsed, dict) else {"arguments": raw}
 
 
 def _tool_result(message: dict[str, Any], index: int, call_names: dict[str, str]) -> Part:
@@ -262,13 +256,8 @@ def _tool_result(message: dict[str, Any], index: int, call_names: dict[str, str]
         text = content
     else:
         text = "" if content is None else orjson.dumps(content).decode()
-    response: Any = None
-    if text.startswith("{"):
-        try:
-            response = orjson.loads(text)
-        except orjson.JSONDecodeError:
-            response = None
-    if not isinstance(response, dict):
+    response = json_object(text) if text.startswith("{") else None
+    if response is None:
         response = {"result": text}
     return {"functionResponse": {"name": name, "response": response}}
 

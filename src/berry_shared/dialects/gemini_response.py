@@ -24,7 +24,7 @@ from typing import Any
 import orjson
 
 from ..backend_state import ErrorClass
-from ..usage import Usage, estimate_tokens
+from ..usage import Usage, estimate_tokens, token_count
 from .base import (
     SSE_DONE_EVENT,
     AttemptFailed,
@@ -71,18 +71,14 @@ def tool_call(call: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _count(value: Any) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
-
-
 def usage_from_gemini(metadata: Any) -> Usage | None:
     if not isinstance(metadata, dict):
         return None
     get = metadata.get
     return Usage(
-        _count(get("promptTokenCount")) + _count(get("toolUsePromptTokenCount")),
-        _count(get("candidatesTokenCount")) + _count(get("thoughtsTokenCount")),
-        _count(get("cachedContentTokenCount")),
+        token_count(get("promptTokenCount")) + token_count(get("toolUsePromptTokenCount")),
+        token_count(get("candidatesTokenCount")) + token_count(get("thoughtsTokenCount")),
+        token_count(get("cachedContentTokenCount")),
     )
 
 
