@@ -6,8 +6,10 @@ import os
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -108,6 +110,25 @@ class BerryProcess:
                 self.process.wait(5)
         self._log.close()
         return self.process.returncode
+
+
+@dataclass
+class LambdaContext:
+    """What the Lambda runtime hands a handler (the fields powertools reads)."""
+
+    function_name: str = "berry-chat"
+    function_version: str = "$LATEST"
+    invoked_function_arn: str = "arn:aws:lambda:us-east-1:123456789012:function:berry-chat"
+    memory_limit_in_mb: int = 512
+    aws_request_id: str = ""
+    log_group_name: str = "/aws/lambda/berry-chat"
+    log_stream_name: str = "2026/11/30/[$LATEST]test"
+
+    def __post_init__(self) -> None:
+        self.aws_request_id = self.aws_request_id or str(uuid.uuid4())
+
+    def get_remaining_time_in_millis(self) -> int:
+        return 30_000
 
 
 def write_config(config: Config, path: Path) -> Path:

@@ -10,7 +10,6 @@ import json
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -25,29 +24,10 @@ from berry_handlers.serverless import (
 )
 from berry_shared.config import parse_config
 from berry_shared.state.dynamo import make_client
-from support import ADMIN_TOKEN, PROVIDER_KEY_PREFIX, USER_TOKEN, DemoUpstream
+from support import ADMIN_TOKEN, PROVIDER_KEY_PREFIX, USER_TOKEN, DemoUpstream, LambdaContext
 
 GROUPS = ("chat", "models", "health", "admin", "smart_ai", "probe")
 MESSAGES = [{"role": "user", "content": "hello lambda"}]
-
-
-@dataclass
-class LambdaContext:
-    """What the Lambda runtime hands a handler (the fields powertools reads)."""
-
-    function_name: str = "berry-chat"
-    function_version: str = "$LATEST"
-    invoked_function_arn: str = "arn:aws:lambda:us-east-1:123456789012:function:berry-chat"
-    memory_limit_in_mb: int = 512
-    aws_request_id: str = ""
-    log_group_name: str = "/aws/lambda/berry-chat"
-    log_stream_name: str = "2026/11/24/[$LATEST]abc"
-
-    def __post_init__(self) -> None:
-        self.aws_request_id = self.aws_request_id or str(uuid.uuid4())
-
-    def get_remaining_time_in_millis(self) -> int:
-        return 30_000
 
 
 def rest_event(

@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 
 from berry_handlers.serverless import LAMBDA_BODY_LIMIT_BYTES
-from support import ADMIN_TOKEN, ROOT, USER_TOKEN, DemoUpstream
+from support import ADMIN_TOKEN, ROOT, USER_TOKEN, DemoUpstream, LambdaContext
 
 SAM = ROOT / ".cache/sam-venv/bin/sam"
 MODULES = ("chat", "models", "health", "admin", "smart_ai", "fallback", "probe")
@@ -84,30 +84,13 @@ def api_event(
 
 
 @dataclass
-class LambdaContext:
-    function_name: str
-    aws_request_id: str = ""
-    function_version: str = "$LATEST"
-    invoked_function_arn: str = "arn:aws:lambda:us-east-1:123456789012:function:berry"
-    memory_limit_in_mb: int = 512
-    log_group_name: str = "/aws/lambda/berry"
-    log_stream_name: str = "2026/11/30/[$LATEST]events"
-
-    def __post_init__(self) -> None:
-        self.aws_request_id = self.aws_request_id or str(uuid.uuid4())
-
-    def get_remaining_time_in_millis(self) -> int:
-        return 25_000
-
-
-@dataclass
 class Deployment:
     modules: dict[str, Any]
     upstream: DemoUpstream
 
     def invoke(self, module: str, event: dict[str, Any]) -> dict[str, Any]:
         handler = self.modules[module].handler
-        response: dict[str, Any] = handler(event, LambdaContext(f"berry-{module}"))
+        response: dict[str, Any] = handler(event, LambdaContext(function_name=f"berry-{module}"))
         return response
 
 

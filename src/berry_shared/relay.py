@@ -131,8 +131,10 @@ class Relay:
         self._streams_end_at = math.inf
         # Streams waiting for upstream bytes; shutdown moves their deadlines forward.
         self._stream_timeouts: set[asyncio.Timeout] = set()
+        # Each model's hedging: [settings.hedging], with the model's own keys applied.
+        base = self.settings.hedging
         self._hedging = {
-            key: model.hedging.apply(self.settings.hedging) if model.hedging else None
+            key: model.hedging.apply(base) if model.hedging else base
             for key, model in config.models.items()
         }
 
@@ -146,7 +148,7 @@ class Relay:
                 timeout.reschedule(self._streams_end_at)
 
     def hedging_for(self, model_key: str) -> HedgingSettings:
-        return self._hedging.get(model_key) or self.settings.hedging
+        return self._hedging[model_key]
 
     # -- selection -------------------------------------------------------------------------
 
