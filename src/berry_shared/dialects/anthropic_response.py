@@ -11,10 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
-import orjson
-
 from ..usage import Usage, token_count
-from .base import completion_body
+from .base import assistant_message, completion_body, openai_tool_call
 
 # Anthropic's stop_reason -> OpenAI's finish_reason. pause_turn (a server tool paused a long
 # turn) has no OpenAI counterpart: the answer so far is complete as far as a client can tell.
@@ -52,14 +50,8 @@ def usage_from_anthropic(usage: object) -> Usage | None:
 
 def tool_call(block: dict[str, Any]) -> dict[str, Any]:
     tool_input = block.get("input")
-    return {
-        "id": block.get("id"),
-        "type": "function",
-        "function": {
-            "name": block.get("name"),
-            "arguments": orjson.dumps(tool_input if tool_input is not None else {}).decode(),
-        },
-    }
+    arguments = tool_input if tool_input is not None else {}
+    return openai_tool_call(block.get("id"), block.get("name"), arguments)
 
 
 def openai_message(content: list[Any]) -> dict[str, Any]:
@@ -76,15 +68,7 @@ def openai_message(content: list[Any]) -> dict[str, Any]:
                 texts.append(text)
         elif kind == "tool_use":
             calls.append(tool_call(block))
-    message: dict[str, Any] = {
-        "role": "assistant",
-        # OpenAI sends null content beside tool calls, and a string otherwise.
-        "content": "".join(texts) if texts or not calls else None,
-        "refusal": None,
-    }
-    if calls:
-        message["tool_calls"] = calls
-    return message
+    return assistant_message(texts, calls)
 
 
 def openai_completion(message: dict[str, Any], model: str) -> tuple[bytes, Usage | None]:

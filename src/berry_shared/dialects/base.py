@@ -163,6 +163,28 @@ def tool_arguments(arguments: object) -> dict[str, Any]:
     return parsed if parsed is not None else {"arguments": arguments}
 
 
+def openai_tool_call(call_id: object, name: object, arguments: object) -> dict[str, Any]:
+    """One entry of an OpenAI message's ``tool_calls``; ``arguments`` becomes its JSON text."""
+    return {
+        "id": call_id,
+        "type": "function",
+        "function": {"name": name, "arguments": orjson.dumps(arguments).decode()},
+    }
+
+
+def assistant_message(texts: list[str], tool_calls: list[dict[str, Any]]) -> dict[str, Any]:
+    """The assistant ``message`` of an OpenAI choice. OpenAI sends null content beside tool
+    calls, and a string otherwise."""
+    message: dict[str, Any] = {
+        "role": "assistant",
+        "content": "".join(texts) if texts or not tool_calls else None,
+        "refusal": None,
+    }
+    if tool_calls:
+        message["tool_calls"] = tool_calls
+    return message
+
+
 def sse_event(payload: dict[str, Any]) -> bytes:
     return b"data: " + orjson.dumps(payload) + b"\n\n"
 

@@ -30,7 +30,9 @@ from .base import (
     Completion,
     StreamBroken,
     StreamDecoder,
+    assistant_message,
     completion_body,
+    openai_tool_call,
 )
 from .bedrock_events import FrameDecoder, FrameError
 
@@ -85,22 +87,10 @@ def openai_message(content: Any) -> dict[str, Any]:
             texts.append(block["text"])
         elif isinstance(block.get("toolUse"), dict):
             tool = block["toolUse"]
-            arguments = orjson.dumps(tool.get("input") or {}).decode()
             tool_calls.append(
-                {
-                    "id": tool.get("toolUseId"),
-                    "type": "function",
-                    "function": {"name": tool.get("name"), "arguments": arguments},
-                }
+                openai_tool_call(tool.get("toolUseId"), tool.get("name"), tool.get("input") or {})
             )
-    message: dict[str, Any] = {
-        "role": "assistant",
-        "content": "".join(texts) if texts or not tool_calls else None,
-        "refusal": None,
-    }
-    if tool_calls:
-        message["tool_calls"] = tool_calls
-    return message
+    return assistant_message(texts, tool_calls)
 
 
 def completion(body: bytes, chat: ChatRequest) -> Completion:

@@ -31,6 +31,8 @@ from .base import (
     ChunkWriter,
     StreamBroken,
     StreamDecoder,
+    assistant_message,
+    openai_tool_call,
 )
 from .sse import SSEParser
 
@@ -61,14 +63,11 @@ def new_call_id() -> str:
 def tool_call(call: dict[str, Any]) -> dict[str, Any]:
     call_id = call.get("id")
     args = call.get("args")
-    return {
-        "id": call_id if isinstance(call_id, str) and call_id else new_call_id(),
-        "type": "function",
-        "function": {
-            "name": call.get("name") or "",
-            "arguments": orjson.dumps(args if isinstance(args, dict) else {}).decode(),
-        },
-    }
+    return openai_tool_call(
+        call_id if isinstance(call_id, str) and call_id else new_call_id(),
+        call.get("name") or "",
+        args if isinstance(args, dict) else {},
+    )
 
 
 def usage_from_gemini(metadata: Any) -> Usage | None:
@@ -126,13 +125,7 @@ def choices(response: dict[str, Any], count: int) -> list[dict[str, Any]]:
             call = part.get("functionCall")
             if isinstance(call, dict):
                 calls.append(tool_call(call))
-        message: dict[str, Any] = {
-            "role": "assistant",
-            "content": "".join(texts) if texts else (None if calls else ""),
-            "refusal": None,
-        }
-        if calls:
-            message["tool_calls"] = calls
+        message = assistant_message(texts, calls)
         out.append(
             {
                 "index": _index(candidate, position),
