@@ -295,3 +295,28 @@ def test_user_metrics_are_labelled_by_config_id(make_upstream, start_berry) -> N
     assert samples[tokens] == COMPLETION_TOKENS
     cost = ("berry_api_user_cost_usd_total", (("model", "test-model"), ("user", "alice")))
     assert samples[cost] == pytest.approx(REQUEST_COST_USD)
+
+
+def test_the_public_status_page_reads_usage_at_most_every_few_seconds(
+    make_upstream, start_berry, monkeypatch
+) -> None:
+    """`/` is public and refreshes itself: with DynamoDB a usage read is a Query per shard,
+    so the page's table is read from the store at most every PUBLIC_USAGE_SECONDS."""
+    from berry_shared import reports
+
+    berry = berry_with(make_upstream, start_berry)
+    store = berry.gateway.store
+    reads = []
+    real = store.usage_report
+
+    async def counted(*args: Any) -> Any:
+        reads.append(args)
+        return await real(*args)
+
+    monkeypatch.setattr(store, "usage_report", counted)
+    for _ in range(5):
+        assert HTTP.get(f"{berry.url}/").status_code == 200
+    assert len(reads) == 1
+    monkeypatch.setattr(reports, "PUBLIC_USAGE_SECONDS", 0.0)
+    HTTP.get(f"{berry.url}/")
+    assert len(reads) == 2

@@ -11,6 +11,7 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
+from weakref import WeakKeyDictionary
 
 from .backend_state import CircuitState
 from .config import Backend, Model
@@ -477,13 +478,24 @@ async def rate_limit_usage(
     return body
 
 
+# The status page is public and refreshes itself: its usage table is read from the store at
+# most this often per gateway (with DynamoDB a read is one Query per shard).
+PUBLIC_USAGE_SECONDS = 5.0
+_public_usage: WeakKeyDictionary[Gateway, tuple[float, dict[str, Any]]] = WeakKeyDictionary()
+
+
 async def usage_by_model(gateway: Gateway, now: float | None = None) -> dict[str, Any]:
     """Today's usage per model, all users together: the status page's table (which is public,
     so it names no user; per-user figures are in ``/admin/usage``)."""
     now = now or time.time()
+    cached = _public_usage.get(gateway)
+    if cached is not None and now - cached[0] < PUBLIC_USAGE_SECONDS:
+        return cached[1]
     (day,) = days_ending(now, 1)
     totals: dict[str, UsageCounts] = {}
     for models in (await gateway.store.usage_report(None, [day])).values():
         for key, counts in models.items():
             totals.setdefault(key, UsageCounts()).add(counts)
-    return {"day": day, "models": {key: c.report() for key, c in sorted(totals.items())}}
+    table = {"day": day, "models": {key: c.report() for key, c in sorted(totals.items())}}
+    _public_usage[gateway] = (now, table)
+    return table
