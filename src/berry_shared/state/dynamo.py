@@ -86,7 +86,7 @@ from .shards import (
     sum_counters,
 )
 from .store import StateStore, StoreStatus, take_local_trial
-from .windows import sliding_window_wait
+from .windows import sliding_rate, sliding_window_wait
 
 logger = logging.getLogger("berry.state")
 
@@ -505,7 +505,7 @@ class DynamoStateStore(StateStore):
         rates = {}
         for window in windows:
             previous, current = self._token_slot(user_id, window, now)
-            rates[window] = previous * (1.0 - (now % window) / window) + current
+            rates[window] = sliding_rate(previous, current, window, now)
         return rates
 
     async def usage_report(

@@ -63,6 +63,12 @@ class UsageLedger:
         for window in windows:
             self.slot(kind, user_id, window, now).current += amount
 
+    def rates(
+        self, kind: str, user_id: str, windows: Iterable[int], now: float
+    ) -> dict[int, float]:
+        """The sliding-window count of each of ``windows``."""
+        return {w: self.slot(kind, user_id, w, now).rate(w, now) for w in windows}
+
     def report(
         self, user_ids: Iterable[str] | None, days: Iterable[str]
     ) -> dict[str, dict[str, UsageCounts]]:

@@ -17,7 +17,7 @@ import math
 from typing import Any
 
 from .counters import key, number
-from .store import sliding_window_wait
+from .windows import overlap, sliding_rate, sliding_window_wait
 
 Windows = tuple[tuple[int, int], ...]
 
@@ -84,7 +84,7 @@ class RateLimitCounter:
                 )
                 for i in (index - 1, index)
             ]
-            rates[window] = counts[0] * (1.0 - (now % window) / window) + counts[1]
+            rates[window] = sliding_rate(counts[0], counts[1], window, now)
         return rates
 
     def count(self, client: Any, user_id: str, windows: Windows, now: float) -> float | None:
@@ -94,9 +94,8 @@ class RateLimitCounter:
         for window, limit in windows:
             index = int(now // window)
             previous = self._previous(client, user_id, window, index)
-            overlap = 1.0 - (now % window) / window
             # Admitted while previous * overlap + current < limit, i.e. current <= most.
-            most = math.ceil(limit - previous * overlap) - 1
+            most = math.ceil(limit - previous * overlap(window, now)) - 1
             if most < 0:
                 # Refused by the previous window alone: no write, wait for it to slide away.
                 return sliding_window_wait(previous, 0, limit, window, now) or 0.001

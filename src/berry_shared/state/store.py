@@ -102,11 +102,12 @@ class StateStore(ABC):
     ) -> dict[int, float | None]:
         """The sliding-window request count of ``user_id`` for each window (None: a window
         this store does not track). ``limited``: the windows with a limit."""
-        return {w: self.ledger.slot(REQUESTS, user_id, w, now).rate(w, now) for w in windows}
+        rates: dict[int, float | None] = dict(self.ledger.rates(REQUESTS, user_id, windows, now))
+        return rates
 
     async def token_rates(self, user_id: str, windows: list[int], now: float) -> dict[int, float]:
         """The sliding-window token count of ``user_id`` for each window."""
-        return {w: self.ledger.slot(TOKENS, user_id, w, now).rate(w, now) for w in windows}
+        return self.ledger.rates(TOKENS, user_id, windows, now)
 
     @abstractmethod
     async def acquire_trial(self, key: str, now: float, lease_seconds: float) -> bool:

@@ -9,6 +9,17 @@ from dataclasses import dataclass
 WAIT_MARGIN_SECONDS = 0.001
 
 
+def overlap(window: int, now: float) -> float:
+    """The share of the previous fixed window that still lies within the last ``window``
+    seconds."""
+    return 1.0 - (now % window) / window
+
+
+def sliding_rate(previous: float, current: float, window: int, now: float) -> float:
+    """The two-window estimate of the count over the last ``window`` seconds."""
+    return previous * overlap(window, now) + current
+
+
 def sliding_window_wait(
     previous: float, current: float, limit: int, window: int, now: float
 ) -> float | None:
@@ -23,13 +34,13 @@ def sliding_window_wait(
     the worst rolling minute, the known price of the approximation. Returns None if one more
     request fits, else the seconds until it would, assuming nothing else is admitted.
     """
-    elapsed = now % window
-    remaining = window - elapsed
-    if previous * (1.0 - elapsed / window) + current < limit:
+    remaining = window - now % window
+    rate = sliding_rate(previous, current, window, now)
+    if rate < limit:
         return None
     if current < limit and previous:
         # It fits later in this window, once enough of the previous one has slid away.
-        wait = (previous * (1.0 - elapsed / window) + current - limit) * window / previous
+        wait = (rate - limit) * window / previous
         if wait < remaining:
             return wait + WAIT_MARGIN_SECONDS
     # Not in this window: in the next one this window's count becomes the weighted previous.
@@ -55,5 +66,4 @@ class WindowSlot:
 
     def rate(self, window: int, now: float) -> float:
         """The sliding-window estimate of the last ``window`` seconds."""
-        overlap = 1.0 - (now % window) / window
-        return self.previous * overlap + self.current
+        return sliding_rate(self.previous, self.current, window, now)
