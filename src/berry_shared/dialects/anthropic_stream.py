@@ -26,7 +26,7 @@ import orjson
 from ..backend_state import ErrorClass
 from ..usage import Usage, estimate_tokens, token_count
 from .anthropic_response import finish_reason, usage_from_counts
-from .base import SSE_DONE_EVENT, ChunkWriter, StreamBroken, StreamDecoder
+from .base import ROLE_DELTA, SSE_DONE_EVENT, ChunkWriter, StreamBroken, StreamDecoder
 from .sse import SSEParser
 
 # Anthropic's error types -> what a failure mid-stream says about the backend (the request
@@ -43,7 +43,6 @@ STREAM_ERRORS = {
     "not_found_error": ErrorClass.SERVER,
     "request_too_large": ErrorClass.SERVER,
 }
-ROLE_DELTA = {"role": "assistant", "content": ""}
 
 
 class AnthropicStream(StreamDecoder):
@@ -150,16 +149,18 @@ class AnthropicStream(StreamDecoder):
             out.append(self.writer.chunk(ROLE_DELTA))
         out.append(self.writer.chunk(delta))
 
+    def _text(self, text: Any, out: list[bytes]) -> None:
+        if isinstance(text, str) and text:
+            self._chars += len(text)
+            self._send({"content": text}, out)
+
     def _block_start(self, event: dict[str, Any], out: list[bytes]) -> None:
         block = event.get("content_block")
         if not isinstance(block, dict):
             return
         kind = block.get("type")
         if kind == "text":
-            text = block.get("text")
-            if isinstance(text, str) and text:
-                self._chars += len(text)
-                self._send({"content": text}, out)
+            self._text(block.get("text"), out)
         elif kind == "tool_use":
             index = len(self._tools)
             self._tools[event.get("index", -1)] = index
@@ -182,10 +183,7 @@ class AnthropicStream(StreamDecoder):
             return
         kind = delta.get("type")
         if kind == "text_delta":
-            text = delta.get("text")
-            if isinstance(text, str) and text:
-                self._chars += len(text)
-                self._send({"content": text}, out)
+            self._text(delta.get("text"), out)
         elif kind == "input_json_delta":
             fragment = delta.get("partial_json")
             index = self._tools.get(event.get("index", -1))

@@ -266,6 +266,10 @@ class Dialect(ABC):
         return body
 
 
+# The first delta of every choice in an OpenAI stream names the speaker.
+ROLE_DELTA: dict[str, Any] = {"role": "assistant", "content": ""}
+
+
 class ChunkWriter:
     """Builds OpenAI stream chunks for a translated stream: one id, time and model for all."""
 

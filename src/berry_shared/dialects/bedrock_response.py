@@ -23,6 +23,7 @@ from ..backend_state import ErrorClass
 from ..chat_request import ChatRequest
 from ..usage import Usage, estimate_prompt_tokens, estimate_tokens, token_count
 from .base import (
+    ROLE_DELTA,
     SSE_DONE_EVENT,
     AttemptFailed,
     ChunkWriter,
@@ -235,7 +236,7 @@ class ConverseStream(StreamDecoder):
         if not self._role_pending:
             return b""
         self._role_pending = False
-        return self._writer.chunk({"role": "assistant", "content": ""})
+        return self._writer.chunk(ROLE_DELTA)
 
     def _tool_index(self, block: Any) -> int:
         index = self._tools.get(block)

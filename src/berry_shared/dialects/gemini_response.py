@@ -26,6 +26,7 @@ import orjson
 from ..backend_state import ErrorClass
 from ..usage import Usage, estimate_tokens, token_count
 from .base import (
+    ROLE_DELTA,
     SSE_DONE_EVENT,
     AttemptFailed,
     ChunkWriter,
@@ -48,7 +49,6 @@ FINISH_REASONS = {
     "IMAGE_PROHIBITED_CONTENT": "content_filter",
     "IMAGE_RECITATION": "content_filter",
 }
-ROLE_DELTA = {"role": "assistant", "content": ""}
 
 
 def finish_reason(reason: Any, called: bool) -> str:
