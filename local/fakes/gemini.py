@@ -418,25 +418,21 @@ Path = tuple[PathStep, ...]
 
 def proto_path(path: Path) -> str:
     """The path as the JSON parser reports it: ``tools[0].parameters.properties[1].value``."""
-    out = ""
-    for step in path:
-        if isinstance(step, int):
-            out += f"[{step}]"
-        elif isinstance(step, MapEntry):
-            out += f"[{step.index}].value"
-        else:
-            out += f".{step}" if out else step
-    return out
+    return _path_text(path, by_key=False)
 
 
 def field_path(path: Path) -> str:
     """The path as semantic checks report it: map entries by key (``properties[city]``)."""
+    return _path_text(path, by_key=True)
+
+
+def _path_text(path: Path, by_key: bool) -> str:
     out = ""
     for step in path:
         if isinstance(step, int):
             out += f"[{step}]"
         elif isinstance(step, MapEntry):
-            out += f"[{step.key}]"
+            out += f"[{step.key}]" if by_key else f"[{step.index}].value"
         else:
             out += f".{step}" if out else step
     return out
