@@ -10,13 +10,18 @@ Import them into a conftest or a test module::
   fresh table name; ``.env`` holds the same variables for subprocesses.
 - ``restartable_dynamodb`` (function): a private server with its data in ``tmp_path``, to stop
   and ``restart()`` (same port, data kept) in outage tests without disturbing other tests.
+
+``shared_totals`` reads a backend's shared counters straight from the table; ``eventually``
+waits, bounded, for what instances see through the rollup.
 """
 
 from __future__ import annotations
 
+import asyncio
 import sys
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT / "local") not in sys.path:
     sys.path.insert(0, str(ROOT / "local"))
 
+from berry_shared.state.dynamo import make_client  # noqa: E402
 from dynamodb_local import DynamoDBLocal, DynamoDBLocalError, berry_env  # noqa: E402
 
 __all__ = [
@@ -34,7 +40,9 @@ __all__ = [
     "DynamoDBLocalError",
     "dynamodb_env",
     "dynamodb_local",
+    "eventually",
     "restartable_dynamodb",
+    "shared_totals",
 ]
 
 
@@ -88,3 +96,28 @@ def restartable_dynamodb(tmp_path: Path) -> Iterator[DynamoDBLocal]:
         yield server
     finally:
         server.stop()
+
+
+def shared_totals(env: DynamoDBEnv, backend: str, shards: int) -> dict[str, float]:
+    """The backend's counters summed over its shard items, read straight from the table."""
+    client = make_client(env.endpoint)
+    totals: dict[str, float] = {}
+    for shard in range(shards):
+        item = client.get_item(
+            TableName=env.table,
+            Key={"pk": {"S": f"stats#{shard}"}, "sk": {"S": backend}},
+            ConsistentRead=True,
+        ).get("Item", {})
+        for name in ("requests", "failures", "conf"):
+            if name in item:
+                totals[name] = totals.get(name, 0.0) + float(item[name]["N"])
+    return totals
+
+
+async def eventually(check: Callable[[], bool], within: float, step: float = 0.05) -> float:
+    """Seconds until ``check()`` held; fails the test after ``within`` seconds."""
+    started_at = time.monotonic()
+    while not check():
+        assert time.monotonic() - started_at < within, "not within the bound"
+        await asyncio.sleep(step)
+    return time.monotonic() - started_at

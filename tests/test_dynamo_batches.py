@@ -7,7 +7,6 @@ import asyncio
 import json
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +16,7 @@ from berry_shared.backend_state import ErrorClass
 from berry_shared.config import Settings
 from berry_shared.state.counters import Transaction
 from berry_shared.state.dynamo import DynamoStateStore, StoreTuning, make_client
+from dynamodb import eventually, shared_totals
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
 
@@ -32,18 +32,9 @@ async def started(env, tuning: StoreTuning = TUNING) -> DynamoStateStore:
     return store
 
 
-def shared_requests(env, backend: str, shards: int = TUNING.shards) -> int:
+def shared_requests(env, backend: str) -> int:
     """Requests of a backend summed over its shards, read straight from the table."""
-    client = make_client(env.endpoint)
-    total = 0
-    for shard in range(shards):
-        item = client.get_item(
-            TableName=env.table,
-            Key={"pk": {"S": f"stats#{shard}"}, "sk": {"S": backend}},
-            ConsistentRead=True,
-        ).get("Item", {})
-        total += int(item.get("requests", {"N": "0"})["N"])
-    return total
+    return int(shared_totals(env, backend, TUNING.shards).get("requests", 0))
 
 
 class ScriptedFaults:
@@ -183,14 +174,6 @@ async def test_counters_added_by_any_feature_are_summed_over_shards(dynamodb_env
     finally:
         await a.close()
         await b.close()
-
-
-async def eventually(check: Callable[[], bool], within: float) -> float:
-    started_at = time.monotonic()
-    while not check():
-        assert time.monotonic() - started_at < within, "not within the bound"
-        await asyncio.sleep(0.05)
-    return time.monotonic() - started_at
 
 
 async def test_a_backend_that_fails_everything_is_unhealthy_on_both_instances(

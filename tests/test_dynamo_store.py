@@ -12,6 +12,7 @@ from berry_shared.backend_state import CircuitState, ErrorClass
 from berry_shared.config import Settings
 from berry_shared.state import create_store
 from berry_shared.state.dynamo import DynamoStateStore, StoreTuning, make_client
+from dynamodb import eventually, shared_totals
 
 SETTINGS = Settings(circuit_breaker_failure_threshold=3, circuit_breaker_timeout_seconds=60)
 # Few shards, so that the tests also see two batches land on one shard.
@@ -24,22 +25,6 @@ async def started(env, settings: Settings = SETTINGS, tuning: StoreTuning = TUNI
     return store
 
 
-def shared_totals(env, backend: str, shards: int = TUNING.shards) -> dict[str, float]:
-    """The backend's counters summed over its shard items, read straight from the table."""
-    client = make_client(env.endpoint)
-    totals: dict[str, float] = {}
-    for shard in range(shards):
-        item = client.get_item(
-            TableName=env.table,
-            Key={"pk": {"S": f"stats#{shard}"}, "sk": {"S": backend}},
-            ConsistentRead=True,
-        ).get("Item", {})
-        for name in ("requests", "failures", "conf"):
-            if name in item:
-                totals[name] = totals.get(name, 0.0) + float(item[name]["N"])
-    return totals
-
-
 def control_item(env, backend: str) -> dict:
     return (
         make_client(env.endpoint)
@@ -50,15 +35,6 @@ def control_item(env, backend: str) -> dict:
         )
         .get("Item", {})
     )
-
-
-async def eventually(check, within: float, step: float = 0.05) -> float:
-    """Seconds until ``check()`` held; fails the test after ``within`` seconds."""
-    started_at = time.monotonic()
-    while not check():
-        assert time.monotonic() - started_at < within, "not within the bound"
-        await asyncio.sleep(step)
-    return time.monotonic() - started_at
 
 
 async def test_env_selects_the_dynamodb_store_and_creates_the_table(dynamodb_env) -> None:
@@ -88,7 +64,7 @@ async def test_concurrent_writers_lose_no_counts(dynamodb_env) -> None:
     await stores[0].rollup()
     for store in stores:
         await store.close()
-    totals = shared_totals(dynamodb_env, "p:m")
+    totals = shared_totals(dynamodb_env, "p:m", TUNING.shards)
     assert totals["requests"] == 1200
     # Each instance raised confidence to the cap on its own (+0.2 each): the rollup pulled the
     # stored sum of changes back to +0.2 instead of leaving +0.6 that failures would eat into.
@@ -195,7 +171,7 @@ async def test_outage_keeps_serving_locally_and_catches_up(restartable_dynamodb)
             assert time.monotonic() < deadline, store.status()
             await asyncio.sleep(0.2)
         await store.sync()
-        assert shared_totals(env, "p:m")["requests"] == 12
+        assert shared_totals(env, "p:m", TUNING.shards)["requests"] == 12
     finally:
         await store.close()
 
@@ -255,6 +231,8 @@ async def test_an_idle_instance_flushes_its_first_request_at_once(dynamodb_env) 
         store.state("p:m")  # a look refreshes the view...
         await asyncio.sleep(0.3)
         store.record_success("p:m", 5.0, time.time())  # ...and a request right after it
-        await eventually(lambda: shared_totals(dynamodb_env, "p:m").get("requests") == 1, 2.5)
+        await eventually(
+            lambda: shared_totals(dynamodb_env, "p:m", TUNING.shards).get("requests") == 1, 2.5
+        )
     finally:
         await store.close()
