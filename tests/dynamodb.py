@@ -11,8 +11,8 @@ Import them into a conftest or a test module::
 - ``restartable_dynamodb`` (function): a private server with its data in ``tmp_path``, to stop
   and ``restart()`` (same port, data kept) in outage tests without disturbing other tests.
 
-``shared_totals`` reads a backend's shared counters straight from the table; ``eventually``
-waits, bounded, for what instances see through the rollup.
+``shared_totals`` and ``shared_requests`` read the shared counters straight from the table;
+``eventually`` waits, bounded, for what instances see through the rollup.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -42,6 +43,7 @@ __all__ = [
     "dynamodb_local",
     "eventually",
     "restartable_dynamodb",
+    "shared_requests",
     "shared_totals",
 ]
 
@@ -98,20 +100,28 @@ def restartable_dynamodb(tmp_path: Path) -> Iterator[DynamoDBLocal]:
         server.stop()
 
 
-def shared_totals(env: DynamoDBEnv, backend: str, shards: int) -> dict[str, float]:
-    """The backend's counters summed over its shard items, read straight from the table."""
-    client = make_client(env.endpoint)
+def shared_totals(endpoint: str, table: str, backend: str | None = None) -> dict[str, float]:
+    """A backend's counters (every backend's: None) summed over the store's shard items, read
+    straight from the table by its documented layout: pk="stats#<shard>", sk=<backend>. A scan
+    needs no shard count, which a store in another process chose for itself."""
+    client = make_client(endpoint)
     totals: dict[str, float] = {}
-    for shard in range(shards):
-        item = client.get_item(
-            TableName=env.table,
-            Key={"pk": {"S": f"stats#{shard}"}, "sk": {"S": backend}},
-            ConsistentRead=True,
-        ).get("Item", {})
-        for name in ("requests", "failures", "conf"):
-            if name in item:
-                totals[name] = totals.get(name, 0.0) + float(item[name]["N"])
-    return totals
+    scan: dict[str, Any] = {"TableName": table, "ConsistentRead": True}
+    while True:
+        page = client.scan(**scan)
+        for item in page.get("Items", []):
+            if item["pk"]["S"].startswith("stats#") and backend in (None, item["sk"]["S"]):
+                for name in ("requests", "failures", "conf"):
+                    if name in item:
+                        totals[name] = totals.get(name, 0.0) + float(item[name]["N"])
+        if "LastEvaluatedKey" not in page:
+            return totals
+        scan["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+
+def shared_requests(endpoint: str, table: str, backend: str | None = None) -> int:
+    """Requests counted in the table for ``backend`` (every backend: None)."""
+    return int(shared_totals(endpoint, table, backend).get("requests", 0))
 
 
 async def eventually(check: Callable[[], bool], within: float, step: float = 0.05) -> float:

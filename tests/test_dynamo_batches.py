@@ -16,7 +16,7 @@ from berry_shared.backend_state import ErrorClass
 from berry_shared.config import Settings
 from berry_shared.state.counters import Transaction
 from berry_shared.state.dynamo import DynamoStateStore, StoreTuning, make_client
-from dynamodb import eventually, shared_totals
+from dynamodb import eventually, shared_requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
 
@@ -30,11 +30,6 @@ async def started(env, tuning: StoreTuning = TUNING) -> DynamoStateStore:
     store = DynamoStateStore(SETTINGS, env.table, env.endpoint, tuning=tuning)
     await store.start()
     return store
-
-
-def shared_requests(env, backend: str) -> int:
-    """Requests of a backend summed over its shards, read straight from the table."""
-    return int(shared_totals(env, backend, TUNING.shards).get("requests", 0))
 
 
 class ScriptedFaults:
@@ -87,7 +82,7 @@ async def test_a_resend_with_the_same_token_counts_once(dynamodb_env) -> None:
         transaction = one_flush(store)
         store._transact(transaction)
         store._transact(transaction)  # the answer was lost: sync() resends the same request
-        assert shared_requests(dynamodb_env, "p:m") == 2
+        assert shared_requests(dynamodb_env.endpoint, dynamodb_env.table, "p:m") == 2
     finally:
         await store.close()
 
@@ -102,10 +97,10 @@ async def test_a_resend_after_the_token_expired_is_caught_by_the_receipt(dynamod
         # then cancels the transaction, and the store knows the batch was applied before.
         late = Transaction("another-token", transaction.created, transaction.items, [])
         store._transact(late)
-        assert shared_requests(dynamodb_env, "p:m") == 1
+        assert shared_requests(dynamodb_env.endpoint, dynamodb_env.table, "p:m") == 1
         store.record_success("p:m", 5.0, time.time())
         store._transact(one_flush(store))  # a genuinely new batch counts
-        assert shared_requests(dynamodb_env, "p:m") == 2
+        assert shared_requests(dynamodb_env.endpoint, dynamodb_env.table, "p:m") == 2
     finally:
         await store.close()
 
@@ -129,7 +124,7 @@ async def test_retried_batches_count_exactly_once(dynamodb_env, script) -> None:
         assert faults.sent == script  # every scripted fault was met
         assert store.status().healthy
         assert store.backlog == 0
-        assert shared_requests(dynamodb_env, "p:m") == 3
+        assert shared_requests(dynamodb_env.endpoint, dynamodb_env.table, "p:m") == 3
         assert store.retries.conflicts == script.count("conflict")
     finally:
         await store.close()
@@ -143,12 +138,12 @@ async def test_throttled_past_the_retries_the_batch_waits_and_counts_once(dynamo
         await store.sync(read=False)  # applied (lost answer), then throttled: gives up
         assert store.backlog == 1
         assert not store.status().healthy
-        assert shared_requests(dynamodb_env, "p:m") == 1
+        assert shared_requests(dynamodb_env.endpoint, dynamodb_env.table, "p:m") == 1
         faults.script.clear()
         store.record_success("p:m", 5.0, time.time())
         assert await store.drain(10)
         assert store.status().healthy
-        assert shared_requests(dynamodb_env, "p:m") == 2
+        assert shared_requests(dynamodb_env.endpoint, dynamodb_env.table, "p:m") == 2
     finally:
         await store.close()
 

@@ -64,7 +64,7 @@ async def test_concurrent_writers_lose_no_counts(dynamodb_env) -> None:
     await stores[0].rollup()
     for store in stores:
         await store.close()
-    totals = shared_totals(dynamodb_env, "p:m", TUNING.shards)
+    totals = shared_totals(dynamodb_env.endpoint, dynamodb_env.table, "p:m")
     assert totals["requests"] == 1200
     # Each instance raised confidence to the cap on its own (+0.2 each): the rollup pulled the
     # stored sum of changes back to +0.2 instead of leaving +0.6 that failures would eat into.
@@ -171,7 +171,7 @@ async def test_outage_keeps_serving_locally_and_catches_up(restartable_dynamodb)
             assert time.monotonic() < deadline, store.status()
             await asyncio.sleep(0.2)
         await store.sync()
-        assert shared_totals(env, "p:m", TUNING.shards)["requests"] == 12
+        assert shared_totals(env.endpoint, env.table, "p:m")["requests"] == 12
     finally:
         await store.close()
 
@@ -232,7 +232,10 @@ async def test_an_idle_instance_flushes_its_first_request_at_once(dynamodb_env) 
         await asyncio.sleep(0.3)
         store.record_success("p:m", 5.0, time.time())  # ...and a request right after it
         await eventually(
-            lambda: shared_totals(dynamodb_env, "p:m", TUNING.shards).get("requests") == 1, 2.5
+            lambda: (
+                shared_totals(dynamodb_env.endpoint, dynamodb_env.table, "p:m").get("requests") == 1
+            ),
+            2.5,
         )
     finally:
         await store.close()

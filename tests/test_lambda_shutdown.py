@@ -31,7 +31,7 @@ from typing import Any
 import httpx
 import pytest
 
-from berry_shared.state.dynamo import make_client
+from dynamodb import shared_requests
 from fakes.server import ThreadedServer, read_body, send_bytes
 from support import ROOT, USER_TOKEN, DemoUpstream, free_port
 
@@ -296,22 +296,6 @@ allowed_models = ["m"]
     return config
 
 
-def counted_requests(endpoint: str, table: str, backend: str = BACKEND) -> int:
-    """Requests recorded in the table for ``backend``, summed over the store's shards
-    (its documented layout: pk="stats#<shard>", sk=<backend>, ``requests`` counter)."""
-    client = make_client(endpoint)
-    total = 0
-    scan: dict[str, Any] = {"TableName": table, "ConsistentRead": True}
-    while True:
-        page = client.scan(**scan)
-        for item in page.get("Items", []):
-            if item["pk"]["S"].startswith("stats") and item["sk"]["S"] == backend:
-                total += int(item.get("requests", {}).get("N", "0"))
-        if "LastEvaluatedKey" not in page:
-            return total
-        scan["ExclusiveStartKey"] = page["LastEvaluatedKey"]
-
-
 @dataclass
 class Environment:
     """One Lambda execution environment running the chat handler."""
@@ -400,13 +384,13 @@ def test_every_request_is_counted_after_shutdown(environment: Environment) -> No
     # most once a second); make sure some are, so that only the shutdown can save them.
     for _ in range(5):
         fake.wait_frozen()
-        if counted_requests(environment.endpoint, environment.table) < answered:
+        if shared_requests(environment.endpoint, environment.table, BACKEND) < answered:
             break
         assert fake.invoke(chat_event())["statusCode"] == 200
         answered += 1
-    assert counted_requests(environment.endpoint, environment.table) < answered
+    assert shared_requests(environment.endpoint, environment.table, BACKEND) < answered
     assert shut_down(environment) == 0, environment.output()
-    assert counted_requests(environment.endpoint, environment.table) == answered
+    assert shared_requests(environment.endpoint, environment.table, BACKEND) == answered
     assert "Traceback" not in environment.output()
 
 
@@ -421,7 +405,7 @@ def test_what_is_due_is_flushed_after_the_response_before_the_freeze(
     fake.wait_frozen()
     # Nothing runs in a frozen container: both requests were flushed before the freeze, and
     # Lambda had each response before the extension let the environment freeze.
-    assert counted_requests(environment.endpoint, environment.table) == 2
+    assert shared_requests(environment.endpoint, environment.table, BACKEND) == 2
     for request_id in fake.invocations:
         assert fake.when("response", request_id) < fake.when("extension next", request_id)
     assert shut_down(environment) == 0
@@ -497,4 +481,4 @@ def test_the_streaming_function_flushes_when_uvicorn_stops(
         if process.poll() is None:
             process.kill()
             process.wait()
-    assert counted_requests(dynamodb_local.endpoint, table) == 4
+    assert shared_requests(dynamodb_local.endpoint, table, BACKEND) == 4

@@ -21,6 +21,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from dynamodb import shared_requests
 from support import ROOT, USER_TOKEN, DemoUpstream, free_port
 
 sys.path.insert(0, str(ROOT / "bench"))
@@ -226,7 +227,7 @@ def test_the_shipped_chat_function_flushes_at_shutdown(
             assert environment.fake.invoke(shutdown.chat_event())["statusCode"] == 200
         environment.fake.wait_frozen()
         assert shutdown.shut_down(environment) == 0, environment.output()
-        assert shutdown.counted_requests(environment.endpoint, environment.table) == 3
+        assert shared_requests(environment.endpoint, environment.table, shutdown.BACKEND) == 3
     finally:
         if environment.process.poll() is None:
             environment.process.kill()

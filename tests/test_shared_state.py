@@ -11,6 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from dynamodb import shared_requests
 from support import ADMIN_TOKEN, USER_TOKEN, BerryProcess
 
 HTTP = httpx.Client(timeout=20)
@@ -206,20 +207,9 @@ def test_dynamodb_outage_during_traffic_fails_no_request(
     assert failures == []
     assert sent > 50
     # It caught up: the deltas held through the outage reached the table, none lost.
-    from berry_shared.state.dynamo import StoreTuning, make_client
-
-    client = make_client(server.endpoint)
     deadline = time.monotonic() + 5
     while True:
-        shared = 0
-        for shard in range(StoreTuning.from_env().shards):
-            items = client.query(
-                TableName=os.environ["BERRY_STATE_TABLE"],
-                KeyConditionExpression="pk = :pk",
-                ExpressionAttributeValues={":pk": {"S": f"stats#{shard}"}},
-                ConsistentRead=True,
-            )["Items"]
-            shared += sum(int(item["requests"]["N"]) for item in items)
+        shared = shared_requests(server.endpoint, os.environ["BERRY_STATE_TABLE"])
         if shared == up.stats()["requests"] or time.monotonic() > deadline:
             break
         time.sleep(0.2)
