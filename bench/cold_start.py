@@ -41,6 +41,7 @@ sys.path.insert(0, str(ROOT / "local"))
 
 from demo_upstream import DemoUpstream  # noqa: E402
 from dynamodb_local import DynamoDBLocal, berry_env  # noqa: E402
+from lambda_events import rest_event, schedule_event  # noqa: E402
 
 SAM = Path(os.environ.get("SAM", ROOT / ".cache/sam-venv/bin/sam"))
 TOKEN = "bench-admin-token-0123456789"
@@ -160,36 +161,11 @@ print(json.dumps({"import_ms": (imported - started) * 1000, "first_ms": (invoked
 """
 
 
-def rest_event(target: Target) -> dict[str, Any]:
+def target_event(target: Target) -> dict[str, Any]:
     """An API Gateway REST (payload 1.0) proxy event, or EventBridge's scheduled event."""
     if target.method is None:
-        return {"source": "aws.events", "detail-type": "Scheduled Event", "detail": {}}
-    headers = {
-        "Host": "abc123.execute-api.us-east-1.amazonaws.com",
-        "Authorization": f"Bearer {TOKEN}",
-        "Content-Type": "application/json",
-    }
-    return {
-        "resource": target.path,
-        "path": target.path,
-        "httpMethod": target.method,
-        "headers": headers,
-        "multiValueHeaders": {k: [v] for k, v in headers.items()},
-        "queryStringParameters": None,
-        "multiValueQueryStringParameters": None,
-        "pathParameters": None,
-        "stageVariables": None,
-        "requestContext": {
-            "resourcePath": target.path,
-            "httpMethod": target.method,
-            "path": f"/prod{target.path}",
-            "stage": "prod",
-            "requestId": "bench",
-            "identity": {"sourceIp": "203.0.113.7"},
-        },
-        "body": None if target.body is None else json.dumps(target.body),
-        "isBase64Encoded": False,
-    }
+        return schedule_event()
+    return rest_event(target.method, target.path, target.body, token=TOKEN)
 
 
 def sam_build(template: Path, build_dir: Path, env: dict[str, str]) -> None:
@@ -275,7 +251,7 @@ def extensions_api_stub() -> Iterator[str]:
 
 def sample(paths: list[Path], target: Target, env: dict[str, str]) -> dict[str, float]:
     """One cold start in a fresh process that sees only ``paths`` and the standard library."""
-    argument = json.dumps([[str(p) for p in paths], target.handler, rest_event(target)])
+    argument = json.dumps([[str(p) for p in paths], target.handler, target_event(target)])
     result = subprocess.run(
         [sys.executable, "-I", "-S", "-B", "-c", CHILD, argument],
         env={**env, **target.env, "_HANDLER": target.handler},

@@ -4,7 +4,7 @@ HTTP API (v2) proxy events, a Lambda context, a real demo upstream and DynamoDB 
 from __future__ import annotations
 
 import asyncio
-import base64
+import functools
 import importlib
 import json
 import time
@@ -15,6 +15,7 @@ from typing import Any
 import orjson
 import pytest
 
+import lambda_events
 from berry_handlers import lambda_extension
 from berry_handlers.serverless import (
     LAMBDA_BODY_LIMIT_BYTES,
@@ -30,51 +31,8 @@ GROUPS = ("chat", "models", "health", "admin", "smart_ai", "probe")
 MESSAGES = [{"role": "user", "content": "hello lambda"}]
 
 
-def rest_event(
-    method: str,
-    path: str,
-    body: Any = None,
-    token: str | None = USER_TOKEN,
-    resource: str | None = None,
-    query: dict[str, str] | None = None,
-    base64_body: bool = False,
-) -> dict[str, Any]:
-    """An API Gateway REST API (payload 1.0) proxy event."""
-    headers = {
-        "Host": "abc123.execute-api.us-east-1.amazonaws.com",
-        "Content-Type": "application/json",
-        "User-Agent": "OpenAI/Python 1.0",
-    }
-    if token:
-        headers["Authorization"] = f"Bearer {token}"
-    raw = None if body is None else (body if isinstance(body, bytes) else orjson.dumps(body))
-    return {
-        "resource": resource or path,
-        "path": path,
-        "httpMethod": method,
-        "headers": headers,
-        "multiValueHeaders": {k: [v] for k, v in headers.items()},
-        "queryStringParameters": query,
-        "multiValueQueryStringParameters": {k: [v] for k, v in query.items()} if query else None,
-        "pathParameters": None,
-        "stageVariables": None,
-        "requestContext": {
-            "resourcePath": resource or path,
-            "httpMethod": method,
-            "path": f"/prod{path}",
-            "stage": "prod",
-            "requestId": str(uuid.uuid4()),
-            "accountId": "123456789012",
-            "apiId": "abc123",
-            "protocol": "HTTP/1.1",
-            "requestTimeEpoch": 1795550000000,
-            "identity": {"sourceIp": "203.0.113.7", "userAgent": "OpenAI/Python 1.0"},
-        },
-        "body": None
-        if raw is None
-        else (base64.b64encode(raw).decode() if base64_body else raw.decode()),
-        "isBase64Encoded": base64_body,
-    }
+# As the user, unless a test names another token.
+rest_event = functools.partial(lambda_events.rest_event, token=USER_TOKEN)
 
 
 def http_event(
@@ -113,20 +71,6 @@ def http_event(
         },
         "body": None if body is None else orjson.dumps(body).decode(),
         "isBase64Encoded": False,
-    }
-
-
-def schedule_event() -> dict[str, Any]:
-    return {
-        "version": "0",
-        "id": str(uuid.uuid4()),
-        "detail-type": "Scheduled Event",
-        "source": "aws.events",
-        "account": "123456789012",
-        "time": "2026-11-24T20:00:00Z",
-        "region": "us-east-1",
-        "detail": {},
-        "resources": ["arn:aws:events:us-east-1:123456789012:rule/berry-probe"],
     }
 
 
@@ -322,7 +266,7 @@ def test_scheduled_probe_heals_and_flushes_to_dynamodb(lambda_env) -> None:
     failed = invoke(lambda_env, "chat", rest_event("POST", "/v1/chat/completions", body))
     assert failed["statusCode"] in (502, 503)  # pinned to the failing backend: its circuit opens
     flaky.behaviour.mode = "ok"
-    summary = invoke(lambda_env, "probe", schedule_event())
+    summary = invoke(lambda_env, "probe", lambda_events.schedule_event())
     assert "flaky:up-model" in summary["healthy"]
     assert summary["failed"] == {}
     # The backend's control item: the probe's success closed the circuit for every instance.

@@ -33,6 +33,7 @@ import pytest
 
 from dynamodb import shared_requests
 from fakes.server import ThreadedServer, read_body, send_bytes
+from lambda_events import rest_event
 from support import ROOT, USER_TOKEN, DemoUpstream, free_port
 
 BACKEND = "up:up-model"
@@ -251,28 +252,7 @@ class FakeLambda:
 
 def chat_event() -> dict[str, Any]:
     """An API Gateway REST proxy event for one chat request."""
-    headers = {"Authorization": f"Bearer {USER_TOKEN}", "Content-Type": "application/json"}
-    return {
-        "resource": "/v1/chat/completions",
-        "path": "/v1/chat/completions",
-        "httpMethod": "POST",
-        "headers": headers,
-        "multiValueHeaders": {k: [v] for k, v in headers.items()},
-        "queryStringParameters": None,
-        "multiValueQueryStringParameters": None,
-        "pathParameters": None,
-        "stageVariables": None,
-        "requestContext": {
-            "resourcePath": "/v1/chat/completions",
-            "httpMethod": "POST",
-            "path": "/prod/v1/chat/completions",
-            "stage": "prod",
-            "requestId": str(uuid.uuid4()),
-            "identity": {"sourceIp": "203.0.113.7"},
-        },
-        "body": json.dumps(CHAT),
-        "isBase64Encoded": False,
-    }
+    return rest_event("POST", "/v1/chat/completions", CHAT, token=USER_TOKEN)
 
 
 def write_config(folder: Path, upstream: DemoUpstream) -> Path:
