@@ -55,6 +55,7 @@ from berry_shared.state.dynamo import (  # noqa: E402
     make_client,
 )
 from berry_shared.state.shards import shards_for_fleet  # noqa: E402
+from dynamodb_local import scan_table  # noqa: E402
 
 # US East (N. Virginia), on-demand, since the 2024-11-01 price cut.
 DOLLARS_PER_MILLION_WRITE_UNITS = 0.625
@@ -513,17 +514,6 @@ class Result:
             f"lost={self.lost} doubled={self.doubled} conflicts={self.conflicts} "
             f"throttled={self.throttled}"
         )
-
-
-def scan_table(client: Any, table: str) -> list[dict[str, Any]]:
-    items: list[dict[str, Any]] = []
-    request: dict[str, Any] = {"TableName": table, "ConsistentRead": True}
-    while True:
-        page = client.scan(**request)
-        items.extend(page.get("Items", []))
-        if "LastEvaluatedKey" not in page:
-            return items
-        request["ExclusiveStartKey"] = page["LastEvaluatedKey"]
 
 
 def compare(truth: Truth, items: list[dict[str, Any]], result: Result) -> None:

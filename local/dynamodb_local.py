@@ -465,6 +465,18 @@ def berry_env(endpoint: str, table: str = DEFAULT_TABLE) -> dict[str, str]:
     }
 
 
+def scan_table(client: Any, table: str) -> list[dict[str, Any]]:
+    """Every item of ``table`` (a boto3 DynamoDB client's consistent scan, all pages)."""
+    items: list[dict[str, Any]] = []
+    request: dict[str, Any] = {"TableName": table, "ConsistentRead": True}
+    while True:
+        page = client.scan(**request)
+        items.extend(page.get("Items", []))
+        if "LastEvaluatedKey" not in page:
+            return items
+        request["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+
 # --------------------------------------------------------------------------- CLI
 
 

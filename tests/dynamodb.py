@@ -24,7 +24,6 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -33,7 +32,12 @@ if str(ROOT / "local") not in sys.path:
     sys.path.insert(0, str(ROOT / "local"))
 
 from berry_shared.state.dynamo import make_client  # noqa: E402
-from dynamodb_local import DynamoDBLocal, DynamoDBLocalError, berry_env  # noqa: E402
+from dynamodb_local import (  # noqa: E402
+    DynamoDBLocal,
+    DynamoDBLocalError,
+    berry_env,
+    scan_table,
+)
 
 __all__ = [
     "DynamoDBEnv",
@@ -104,19 +108,13 @@ def shared_totals(endpoint: str, table: str, backend: str | None = None) -> dict
     """A backend's counters (every backend's: None) summed over the store's shard items, read
     straight from the table by its documented layout: pk="stats#<shard>", sk=<backend>. A scan
     needs no shard count, which a store in another process chose for itself."""
-    client = make_client(endpoint)
     totals: dict[str, float] = {}
-    scan: dict[str, Any] = {"TableName": table, "ConsistentRead": True}
-    while True:
-        page = client.scan(**scan)
-        for item in page.get("Items", []):
-            if item["pk"]["S"].startswith("stats#") and backend in (None, item["sk"]["S"]):
-                for name in ("requests", "failures", "conf"):
-                    if name in item:
-                        totals[name] = totals.get(name, 0.0) + float(item[name]["N"])
-        if "LastEvaluatedKey" not in page:
-            return totals
-        scan["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+    for item in scan_table(make_client(endpoint), table):
+        if item["pk"]["S"].startswith("stats#") and backend in (None, item["sk"]["S"]):
+            for name in ("requests", "failures", "conf"):
+                if name in item:
+                    totals[name] = totals.get(name, 0.0) + float(item[name]["N"])
+    return totals
 
 
 def shared_requests(endpoint: str, table: str, backend: str | None = None) -> int:
